@@ -1,0 +1,254 @@
+"""Composition: builds every long-lived object from Settings and runs them together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
+from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.config import Settings
+from bot.db.engine import create_engine, create_session_factory, ping, upgrade_database
+from bot.i18n import Translator
+from bot.metrics import Metrics
+from bot.notify.dispatcher import Notifier
+from bot.starex import StarexClient
+from bot.states import StateCatalog
+from bot.telegram.commands import set_bot_commands
+from bot.telegram.middlewares import UserMiddleware
+from bot.telegram.parcels import Parcels
+from bot.telegram.routers import build_router
+from bot.webhook.handler import StarexWebhook
+
+log = logging.getLogger(__name__)
+
+TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: AsyncEngine
+    session_factory: async_sessionmaker[AsyncSession]
+    starex: StarexClient
+    i18n: Translator
+    metrics: Metrics
+    catalog: StateCatalog
+    bot: Bot
+    dp: Dispatcher
+    notifier: Notifier
+    web: web.Application
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def polling(self) -> bool:
+        return self.settings.telegram_webhook_url is None
+
+
+def telegram_secret_token(settings: Settings) -> str:
+    """Secret Telegram echoes in X-Telegram-Bot-Api-Secret-Token; derived, never configured."""
+    digest = hashlib.sha256(b"telegram-webhook:" + settings.bot_token.get_secret_value().encode())
+    return digest.hexdigest()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    starex_transport: httpx.AsyncBaseTransport | None = None,
+    notifier_options: dict[str, Any] | None = None,
+) -> App:
+    engine = create_engine(settings.database_url)
+    session_factory = create_session_factory(engine)
+    metrics = Metrics()
+    starex = StarexClient(
+        str(settings.starex_base_url),
+        settings.starex_login,
+        settings.starex_password.get_secret_value(),
+        transport=starex_transport,
+        on_request=metrics.observe_starex,
+    )
+    i18n = Translator(default_locale=settings.default_language)
+    catalog = StateCatalog(session_factory, starex)
+    api = TelegramAPIServer.from_base(str(settings.telegram_api_url).rstrip("/"))
+    bot = Bot(
+        settings.bot_token.get_secret_value(),
+        session=AiohttpSession(api=api),
+        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+    )
+    notifier = Notifier(
+        bot,
+        session_factory,
+        i18n=i18n,
+        catalog=catalog,
+        zone=settings.zone,
+        metrics=metrics,
+        **(notifier_options or {}),
+    )
+    parcels = Parcels(starex, catalog, i18n, session_factory, settings.zone)
+    dp = Dispatcher(
+        settings=settings,
+        session_factory=session_factory,
+        i18n=i18n,
+        parcels=parcels,
+    )
+    middleware = UserMiddleware()
+    dp.message.outer_middleware(middleware)
+    dp.callback_query.outer_middleware(middleware)
+    dp.include_router(build_router())
+
+    def queue_state_check(code: int) -> None:
+        if catalog.get(code) is None:
+            spawn(app, catalog.ensure(code))
+
+    starex_webhook = StarexWebhook(
+        session_factory,
+        zone=settings.zone,
+        metrics=metrics,
+        secret=(
+            settings.starex_webhook_secret.get_secret_value()
+            if settings.starex_webhook_secret
+            else None
+        ),
+        on_queued=notifier.wake,
+        on_state=queue_state_check,
+    )
+
+    async def healthz(_: web.Request) -> web.Response:
+        if await ping(engine):
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "database unavailable"}, status=503)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+    web_app = web.Application()
+    web_app.add_routes(
+        [*starex_webhook.routes(), web.get("/healthz", healthz), web.get("/metrics", metrics_view)]
+    )
+    if settings.telegram_webhook_url is not None:
+        SimpleRequestHandler(
+            dispatcher=dp, bot=bot, secret_token=telegram_secret_token(settings)
+        ).register(web_app, path=TELEGRAM_WEBHOOK_PATH)
+
+    app = App(
+        settings=settings,
+        engine=engine,
+        session_factory=session_factory,
+        starex=starex,
+        i18n=i18n,
+        metrics=metrics,
+        catalog=catalog,
+        bot=bot,
+        dp=dp,
+        notifier=notifier,
+        web=web_app,
+    )
+    return app
+
+
+def spawn(app: App, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Background work with a kept reference, cancelled at shutdown."""
+    task = asyncio.create_task(coro)
+    app.tasks.append(task)
+    task.add_done_callback(lambda t: t in app.tasks and app.tasks.remove(t))
+    return task
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log, minus the webhook secret carried in the path."""
+
+    _SECRET_PATH = re.compile(r"^(/starex/webhook/)[^/?]+")
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = self._SECRET_PATH.sub(r"\1***", request.path)
+        self.logger.info("%s %s %s %.3fs", request.method, path, response.status, time)
+
+
+async def _prepare_telegram(app: App) -> None:
+    """Menus and webhook registration; Telegram being down must not stop start-up."""
+    try:
+        await set_bot_commands(app.bot, app.i18n)
+        if app.polling:
+            await app.bot.delete_webhook(drop_pending_updates=False)
+        else:
+            base = str(app.settings.telegram_webhook_url).rstrip("/")
+            await app.bot.set_webhook(
+                base + TELEGRAM_WEBHOOK_PATH,
+                secret_token=telegram_secret_token(app.settings),
+                allowed_updates=app.dp.resolve_used_update_types(),
+            )
+    except (TelegramAPIError, TelegramNetworkError) as exc:
+        log.warning("Telegram set-up incomplete (%s); the bot goes on", exc)
+
+
+async def run(app: App, stop: asyncio.Event) -> None:
+    """Migrate, start everything, wait for `stop`, then shut down in order."""
+    settings = app.settings
+    if settings.starex_webhook_secret is None:
+        log.warning(
+            "STAREX_WEBHOOK_SECRET is not set: the webhook at /starex/webhook accepts anyone"
+        )
+    await upgrade_database(app.engine)
+    await app.catalog.load_cached()
+    if not await app.catalog.refresh():
+        log.warning("starting with %d cached status names; retrying Starex", len(app.catalog))
+
+    runner = web.AppRunner(app.web, access_log_class=RedactingAccessLogger, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("web server listening on %s:%s", settings.host, settings.port)
+
+    await _prepare_telegram(app)
+    notifier_task = spawn(app, app.notifier.run())
+    spawn(app, app.catalog.keep_fresh())
+    polling_task = None
+    if app.polling:
+        polling_task = spawn(
+            app,
+            app.dp.start_polling(
+                app.bot,
+                handle_signals=False,
+                close_bot_session=False,
+                allowed_updates=app.dp.resolve_used_update_types(),
+            ),
+        )
+    log.info("starex-bot started (%s)", "long polling" if app.polling else "Telegram webhook")
+
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        app.notifier.stop()
+        if polling_task is not None:
+            with contextlib.suppress(RuntimeError):  # polling may not have started yet
+                await app.dp.stop_polling()
+        await runner.cleanup()  # stop taking webhooks; in-flight requests finish
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(notifier_task), SHUTDOWN_GRACE)
+        await close(app)
+
+
+async def close(app: App) -> None:
+    for task in list(app.tasks):
+        task.cancel()
+    await asyncio.gather(*app.tasks, return_exceptions=True)
+    await app.starex.aclose()
+    await app.bot.session.close()
+    await app.engine.dispose()

@@ -1,0 +1,129 @@
+"""Engine and session factories, a health check, and migrations applied at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+log = logging.getLogger(__name__)
+
+# The folder holding the `bot` package: the repository root in a checkout or an editable
+# install, site-packages in a regular install. (Not `bot.__file__`: it is None whenever
+# `bot` resolves as a namespace package, as an editable install made before
+# bot/__init__.py existed does.)
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+# Applied to every new SQLite connection: WAL lets readers run beside the one writer,
+# busy_timeout makes a second writer wait instead of failing at once, SQLite leaves
+# foreign keys off unless asked, and NORMAL is durable enough under WAL.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+)
+# A health check must answer quickly even when the database hangs.
+PING_TIMEOUT = 3.0
+
+
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def create_engine(url: str) -> AsyncEngine:
+    sa_url = make_url(url)
+    if sa_url.get_backend_name() != "sqlite":
+        # Connections die behind our back (server restarts, idle timeouts).
+        return create_async_engine(sa_url, pool_pre_ping=True)
+    database = sa_url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(sa_url)
+    event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
+    return engine
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: objects stay readable after commit without a lazy
+    # reload, which asyncio cannot do implicitly.
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """True when the database answers `SELECT 1` within PING_TIMEOUT seconds."""
+    try:
+        async with asyncio.timeout(PING_TIMEOUT), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:  # a health check reports any failure as "down"
+        log.warning("database ping failed: %s", type(exc).__name__)
+        return False
+    return True
+
+
+def migrations_dir() -> Path:
+    """The repository's `migrations` folder.
+
+    It is not part of the Python package, so look beside the package (source checkout or
+    editable install) and then in the working directory (non-editable install run from a
+    checkout or a container whose WORKDIR holds the repository).
+    """
+    candidates = [PACKAGE_PARENT / "migrations", Path.cwd() / "migrations"]
+    for candidate in candidates:
+        if (candidate / "env.py").is_file():
+            return candidate
+    looked = ", ".join(str(c) for c in candidates)
+    raise RuntimeError(
+        f"Alembic migrations folder not found (looked in {looked}); "
+        "run from the repository root or install the project in editable mode"
+    )
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic config built in code, so it does not depend on where alembic.ini is.
+
+    With `connection`, migrations/env.py runs on it instead of opening its own engine.
+    """
+    config = Config()
+    # configparser interpolation: a literal % in the path must be doubled.
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+async def upgrade_database(engine_or_url: AsyncEngine | str, revision: str = "head") -> None:
+    """Apply pending migrations. Safe to call from inside a running event loop: alembic
+    runs synchronously on an async connection via run_sync (alembic's "connection
+    sharing with asyncio" recipe), so env.py never calls asyncio.run here."""
+    own_engine = isinstance(engine_or_url, str)
+    engine = create_engine(engine_or_url) if own_engine else engine_or_url
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_upgrade, revision)
+            await connection.commit()
+    finally:
+        if own_engine:
+            await engine.dispose()

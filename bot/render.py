@@ -1,0 +1,128 @@
+"""Texts shown to people: notifications, traces, status lines (Telegram HTML).
+
+Every string from outside (Starex names, labels, recipients) goes through `esc`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from functools import partial
+from html import escape
+from zoneinfo import ZoneInfo
+
+from bot.i18n import Translator
+from bot.starex.models import Trace
+
+TELEGRAM_LIMIT = 4096
+# Outside text is cut before escaping so one absurd field cannot fill a message.
+MAX_FIELD = 200
+
+
+def esc(text: object) -> str:
+    value = str(text)
+    if len(value) > MAX_FIELD:
+        value = value[: MAX_FIELD - 1] + "…"
+    return escape(value, quote=False)
+
+
+def mask_name(name: str | None) -> str:
+    """`Alisher Karimov` -> `A*** K***`: enough to recognise, never the full name."""
+    words = (name or "").split()
+    return " ".join(f"{w[0]}***" for w in words)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.strftime("%d.%m.%Y %H:%M")
+
+
+def utc_to_local(moment: datetime, zone: ZoneInfo) -> datetime:
+    """Stored times are naive UTC; people read them in Starex's zone."""
+    return moment.replace(tzinfo=UTC).astimezone(zone)
+
+
+def split_blocks(blocks: Iterable[str], limit: int = TELEGRAM_LIMIT) -> list[str]:
+    """Join whole blocks with new lines into messages no longer than `limit`.
+
+    Blocks are each well-formed HTML, so cutting between them never breaks tags.
+    """
+    messages: list[str] = []
+    current = ""
+    for block in blocks:
+        if len(block) > limit:  # cannot happen with MAX_FIELD; keep the promise anyway
+            block = block[: limit - 1] + "…"
+        candidate = f"{current}\n{block}" if current else block
+        if len(candidate) > limit:
+            messages.append(current)
+            candidate = block
+        current = candidate
+    if current:
+        messages.append(current)
+    return messages
+
+
+StatusName = Callable[[int, str | None, str | None], str]
+
+
+def render_notification(
+    i18n: Translator,
+    locale: str,
+    *,
+    barcode: str,
+    status: str,
+    when: datetime,
+    label: str | None = None,
+) -> str:
+    _ = partial(i18n.gettext, locale=locale)
+    title = f"📦 <b>{esc(barcode)}</b>"
+    if label:
+        title += f" — {esc(label)}"
+    lines = [
+        title,
+        _("New status: <b>{status}</b>").format(status=esc(status)),
+        _("Time: {time}").format(time=format_time(when)),
+    ]
+    return "\n".join(lines)
+
+
+def render_status_line(
+    i18n: Translator,
+    locale: str,
+    *,
+    barcode: str,
+    status: str | None,
+    when: datetime | None,
+    label: str | None = None,
+) -> str:
+    _ = partial(i18n.gettext, locale=locale)
+    line = f"📦 <b>{esc(barcode)}</b>"
+    if label:
+        line += f" — {esc(label)}"
+    if status is None:
+        return line + "\n" + _("No status received yet.")
+    suffix = f" ({format_time(when)})" if when else ""
+    return f"{line}\n{esc(status)}{suffix}"
+
+
+def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: StatusName) -> list[str]:
+    """The full decoded history, oldest first, split under Telegram's limit."""
+    _ = partial(i18n.gettext, locale=locale)
+    header = [f"📦 <b>{esc(trace.barcode)}</b>"]
+    if trace.date:
+        header.append(_("Accepted: {date}").format(date=format_time(trace.date)))
+    if trace.weight is not None:
+        header.append(_("Weight: {weight} kg").format(weight=f"{trace.weight:g}"))
+    if trace.recipient:
+        header.append(_("Recipient: {name}").format(name=esc(mask_name(trace.recipient))))
+    blocks = ["\n".join(header)]
+    if not trace.steps:
+        blocks.append(_("No status history yet."))
+    steps = trace.steps
+    if all(step.statetime is not None for step in steps):
+        steps = sorted(steps, key=lambda step: step.statetime)  # stable for equal times
+    # else Starex's own order, which its document calls chronological
+    for step in steps:
+        when = format_time(step.statetime) if step.statetime else "—"
+        name = status_name(step.code, step.name, step.advanced)
+        blocks.append(f"{when} — <b>{esc(name)}</b>")
+    return split_blocks(blocks)

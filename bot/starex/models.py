@@ -1,0 +1,97 @@
+"""Pydantic models for Starex API payloads, deliberately lenient about Starex's quirks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TypeVar
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+
+logger = logging.getLogger("bot.starex")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _naive_time(value: object) -> datetime | None:
+    """Starex sends naive "YYYY-MM-DD HH:MM:SS" in its own zone; anything else becomes None."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    # An offset would contradict the "naive, Starex's zone" contract callers rely on.
+    return parsed if parsed.tzinfo is None else None
+
+
+def valid_items(model: type[_M], items: Iterable[object]) -> list[_M]:
+    """Validate each item, dropping (and logging) the malformed ones instead of failing all."""
+    result = []
+    for index, item in enumerate(items):
+        try:
+            result.append(model.model_validate(item))
+        except ValidationError:
+            logger.warning("Dropped malformed Starex %s at index %d", model.__name__, index)
+    return result
+
+
+class State(BaseModel):
+    code: int
+    name: str | None = None
+    advanced: str | None = None
+
+
+class TraceStep(BaseModel):
+    code: int
+    name: str | None = None
+    # The trace endpoint spells it "advansed"; the dictionary spells it "advanced".
+    advanced: str | None = Field(
+        default=None, validation_alias=AliasChoices("advansed", "advanced")
+    )
+    statetime: datetime | None = None
+
+    @field_validator("statetime", mode="before")
+    @classmethod
+    def _parse_statetime(cls, value: object) -> datetime | None:
+        return _naive_time(value)
+
+
+class Trace(BaseModel):
+    barcode: str
+    date: datetime | None = None
+    weight: float | None = None
+    recipient: str | None = None
+    steps: list[TraceStep] = Field(
+        default_factory=list, validation_alias=AliasChoices("trace", "steps")
+    )
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _parse_date(cls, value: object) -> datetime | None:
+        return _naive_time(value)
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _parse_weight(cls, value: object) -> float | None:
+        if isinstance(value, str):
+            value = value.strip().replace(",", ".")
+        try:
+            weight = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return weight if math.isfinite(weight) else None
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _drop_bad_steps(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return valid_items(TraceStep, value)
+        return value  # not a list: let pydantic reject it

@@ -1,0 +1,103 @@
+"""The Starex status dictionary: cached in the database, refreshed from Starex.
+
+Starex's list changes over time (new codes appear), so it is fetched at start-up,
+refreshed periodically, and refreshed on an unknown code at most once a minute.
+When Starex is down the cached copy serves and a background task keeps trying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db import repo
+from bot.starex import StarexClient, StarexError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StateInfo:
+    name: str | None
+    advanced: str | None
+
+
+class StateCatalog:
+    def __init__(
+        self,
+        session_factory: async_sessionmaker[AsyncSession],
+        starex: StarexClient,
+        *,
+        min_refresh_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session_factory = session_factory
+        self._starex = starex
+        self._min_interval = min_refresh_interval
+        self._clock = clock
+        self._states: dict[int, StateInfo] = {}
+        self._last_attempt: float | None = None
+        self._lock = asyncio.Lock()
+        self.fresh = False  # True once a fetch from Starex has succeeded
+
+    def get(self, code: int) -> StateInfo | None:
+        return self._states.get(code)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    async def load_cached(self) -> None:
+        async with self._session_factory() as session:
+            cached = await repo.load_states(session)
+        self._states = {code: StateInfo(s.name, s.advanced) for code, s in cached.items()}
+
+    async def refresh(self) -> bool:
+        """Fetch the dictionary from Starex and cache it; False when Starex failed."""
+        async with self._lock:
+            return await self._refresh_locked()
+
+    async def _refresh_locked(self) -> bool:
+        self._last_attempt = self._clock()
+        try:
+            states = await self._starex.get_states()
+        except StarexError as exc:
+            log.warning("status dictionary not refreshed: %s", exc)
+            return False
+        fetched = {s.code: StateInfo(s.name, s.advanced) for s in states}
+        try:
+            async with self._session_factory() as session, session.begin():
+                await repo.save_states(
+                    session, [(code, i.name, i.advanced) for code, i in fetched.items()]
+                )
+        except SQLAlchemyError as exc:
+            log.warning("status dictionary fetched but not cached: %s", type(exc).__name__)
+        # Codes that vanished from Starex's list still decode old events.
+        self._states = {**self._states, **fetched}
+        self.fresh = True
+        log.info("status dictionary refreshed: %d states", len(fetched))
+        return True
+
+    async def ensure(self, code: int) -> StateInfo | None:
+        """The entry for `code`, refreshing first when it is unknown (at most once a minute)."""
+        if code in self._states:
+            return self._states[code]
+        async with self._lock:
+            recently = (
+                self._last_attempt is not None
+                and self._clock() - self._last_attempt < self._min_interval
+            )
+            if code not in self._states and not recently:
+                await self._refresh_locked()
+        return self._states.get(code)
+
+    async def keep_fresh(self, *, interval: float = 3600.0, retry: float = 30.0) -> None:
+        """Background task: retry soon while Starex is unreachable, then refresh hourly."""
+        while True:
+            await asyncio.sleep(interval if self.fresh else retry)
+            await self.refresh()

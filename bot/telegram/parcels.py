@@ -1,0 +1,112 @@
+"""Looking parcels up at Starex on a person's behalf, with friendly failures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db import repo
+from bot.db.models import Event
+from bot.i18n import Translator
+from bot.render import esc, render_status_line, render_trace, utc_to_local
+from bot.starex import (
+    StarexAuthError,
+    StarexClient,
+    StarexError,
+    StarexNotFound,
+    Trace,
+    TraceStep,
+)
+from bot.states import StateCatalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Parcels:
+    starex: StarexClient
+    catalog: StateCatalog
+    i18n: Translator
+    session_factory: async_sessionmaker[AsyncSession]
+    zone: ZoneInfo
+
+    def step_status(self, step: TraceStep, locale: str) -> str:
+        known = self.catalog.get(step.code)
+        return self.i18n.status_name(
+            step.code,
+            locale=locale,
+            name=step.name or (known.name if known else None),
+            advanced=step.advanced or (known.advanced if known else None),
+        )
+
+    async def trace(self, barcode: str) -> Trace | str:
+        """The trace, or a localized sentence saying why there is none."""
+        try:
+            return await self.starex.get_trace(barcode)
+        except StarexNotFound:
+            return _("Parcel {barcode} was not found at Starex. Please check the barcode.").format(
+                barcode=f"<b>{esc(barcode)}</b>"
+            )
+        except StarexAuthError:
+            log.error("Starex refused our credentials: check STAREX_LOGIN / STAREX_PASSWORD")
+        except StarexError as exc:
+            log.warning("Starex look-up of %s failed: %s", barcode, exc)
+        return _("Starex is not answering right now. Please try again in a few minutes.")
+
+    async def history(self, barcode: str, locale: str) -> list[str]:
+        found = await self.trace(barcode)
+        if isinstance(found, str):
+            return [found]
+        return render_trace(
+            self.i18n,
+            locale,
+            found,
+            lambda code, name, advanced: self.step_status(
+                TraceStep(code=code, name=name, advanced=advanced, statetime=None), locale
+            ),
+        )
+
+    async def current(self, barcode: str, locale: str, label: str | None = None) -> str:
+        """One parcel's current status; falls back to the last webhook we stored."""
+        found = await self.trace(barcode)
+        if isinstance(found, Trace):
+            step = found.steps[-1] if found.steps else None
+            with_time = [s for s in found.steps if s.statetime is not None]
+            if with_time:
+                step = max(with_time, key=lambda s: s.statetime)
+            return render_status_line(
+                self.i18n,
+                locale,
+                barcode=barcode,
+                status=self.step_status(step, locale) if step else None,
+                when=step.statetime if step else None,
+                label=label,
+            )
+        async with self.session_factory() as session:
+            event = await repo.latest_event(session, barcode)
+        if event is None:
+            return found
+        return f"{await self.stored_status(barcode, event, locale, label)}\n<i>{found}</i>"
+
+    async def stored_status(
+        self, barcode: str, event: Event, locale: str, label: str | None
+    ) -> str:
+        info = await self.catalog.ensure(event.state)
+        status = self.i18n.status_name(
+            event.state,
+            locale=locale,
+            name=info.name if info else None,
+            advanced=info.advanced if info else None,
+        )
+        return render_status_line(
+            self.i18n,
+            locale,
+            barcode=barcode,
+            status=status,
+            when=utc_to_local(event.statetime, self.zone),
+            label=label,
+        )

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, InaccessibleMessage, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.barcodes import normalize
+from bot.db import repo
+from bot.render import esc, render_status_line, split_blocks
+from bot.telegram.keyboards import ParcelAction, parcel_keyboard
+from bot.telegram.parcels import Parcels
+from bot.telegram.texts import barcode_hint, usage
+
+MAX_SUBSCRIPTIONS = 50
+MAX_LABEL = 64
+
+
+def parse_subscribe_args(args: str) -> tuple[str | None, str | None]:
+    """`AB123456789UZ Gift for mum` -> barcode and label; `AB 1234 5678 UZ` -> barcode.
+
+    The first word is the barcode when it is one; otherwise the whole text with
+    spaces removed (a barcode typed in groups) is tried, without a label.
+    """
+    first, _sep, rest = args.strip().partition(" ")
+    barcode = normalize(first)
+    if barcode is not None:
+        label = " ".join(rest.split())[:MAX_LABEL] or None
+        return barcode, label
+    return normalize(args), None
+
+
+async def follow(
+    message: Message,
+    args: str,
+    parcels: Parcels,
+    session_factory: async_sessionmaker[AsyncSession],
+    locale: str,
+) -> None:
+    """Subscribe the chat and show the parcel's current status (/subscribe, deep link)."""
+    barcode, label = parse_subscribe_args(args)
+    if barcode is None:
+        await message.answer(barcode_hint(args.strip()))
+        return
+    async with session_factory() as session, session.begin():
+        already = await repo.is_subscribed(session, message.chat.id, barcode)
+        if not already and await repo.count_subscriptions(session, message.chat.id) >= (
+            MAX_SUBSCRIPTIONS
+        ):
+            await message.answer(
+                _(
+                    "You already follow {count} parcels, the most I allow. "
+                    "Unsubscribe from delivered ones first (/list)."
+                ).format(count=MAX_SUBSCRIPTIONS)
+            )
+            return
+        created = await repo.subscribe(session, message.chat.id, barcode, label)
+    if created:
+        head = _("🔔 You are following {barcode}. I will write on every status change.")
+    else:
+        head = _("You are already following {barcode}.")
+    status = await parcels.current(barcode, locale, label)
+    await message.answer(
+        head.format(barcode=f"<b>{esc(barcode)}</b>") + "\n\n" + status,
+        reply_markup=parcel_keyboard(barcode, subscribed=True),
+    )
+
+
+async def subscribe_command(
+    message: Message,
+    command: CommandObject,
+    parcels: Parcels,
+    session_factory: async_sessionmaker[AsyncSession],
+    locale: str,
+) -> None:
+    if not command.args:
+        await message.answer(usage("subscribe"))
+        return
+    await follow(message, command.args, parcels, session_factory, locale)
+
+
+async def unsubscribe_command(
+    message: Message,
+    command: CommandObject,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    if not command.args:
+        await message.answer(usage("unsubscribe"))
+        return
+    barcode = normalize(command.args)
+    if barcode is None:
+        await message.answer(barcode_hint(command.args.strip()))
+        return
+    async with session_factory() as session, session.begin():
+        removed = await repo.unsubscribe(session, message.chat.id, barcode)
+    text = (
+        _("🔕 You no longer follow {barcode}.")
+        if removed
+        else _("You were not following {barcode}.")
+    )
+    await message.answer(text.format(barcode=f"<b>{esc(barcode)}</b>"))
+
+
+async def list_command(
+    message: Message,
+    parcels: Parcels,
+    session_factory: async_sessionmaker[AsyncSession],
+    locale: str,
+) -> None:
+    async with session_factory() as session:
+        subscriptions = await repo.list_subscriptions(session, message.chat.id)
+        latest = await repo.latest_events(session, [s.barcode for s in subscriptions])
+    if not subscriptions:
+        await message.answer(
+            _("You are not following any parcels yet. Send /subscribe with a barcode.")
+        )
+        return
+    blocks = [_("Parcels you follow ({count}):").format(count=len(subscriptions))]
+    for sub in subscriptions:
+        event = latest.get(sub.barcode)
+        if event is None:
+            blocks.append(
+                render_status_line(
+                    parcels.i18n,
+                    locale,
+                    barcode=sub.barcode,
+                    status=None,
+                    when=None,
+                    label=sub.label,
+                )
+            )
+        else:
+            blocks.append(await parcels.stored_status(sub.barcode, event, locale, sub.label))
+    for text in split_blocks(blocks):
+        await message.answer(text)
+
+
+async def toggle_subscription(
+    query: CallbackQuery,
+    callback_data: ParcelAction,
+    session_factory: async_sessionmaker[AsyncSession],
+) -> None:
+    barcode = normalize(callback_data.barcode)
+    if barcode is None or query.message is None:
+        await query.answer()
+        return
+    subscribe = callback_data.action == "sub"
+    async with session_factory() as session, session.begin():
+        if subscribe:
+            if await repo.count_subscriptions(session, query.message.chat.id) >= MAX_SUBSCRIPTIONS:
+                await query.answer(
+                    _("You follow too many parcels. Unsubscribe from some first."),
+                    show_alert=True,
+                )
+                return
+            await repo.subscribe(session, query.message.chat.id, barcode)
+        else:
+            await repo.unsubscribe(session, query.message.chat.id, barcode)
+    await query.answer(_("🔔 Subscribed") if subscribe else _("🔕 Unsubscribed"))
+    if not isinstance(query.message, InaccessibleMessage):
+        await query.message.edit_reply_markup(
+            reply_markup=parcel_keyboard(barcode, subscribed=subscribe)
+        )
+
+
+def create_router() -> Router:
+    router = Router(name=__name__)
+    router.message.register(subscribe_command, Command("subscribe"))
+    router.message.register(unsubscribe_command, Command("unsubscribe"))
+    router.message.register(list_command, Command("list"))
+    router.callback_query.register(
+        toggle_subscription, ParcelAction.filter(F.action.in_({"sub", "unsub"}))
+    )
+    return router

@@ -1,0 +1,78 @@
+"""Validation of Starex webhook bodies: which forms are accepted (README, "Webhook input")."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from bot.barcodes import normalize
+
+MAX_BODY = 64 * 1024
+_DIGITS = re.compile(r"^\s*\d{1,9}\s*$")
+
+
+class BadPayload(ValueError):
+    """The body cannot be accepted; the message is safe to return to the sender."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    barcode: str
+    state: int
+    statetime: datetime  # naive UTC
+
+
+def parse_event(body: bytes, zone: ZoneInfo) -> StatusEvent:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise BadPayload("body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadPayload("body must be a JSON object")
+    return StatusEvent(
+        barcode=_barcode(data.get("barcode")),
+        state=_state(data.get("state")),
+        statetime=_statetime(data.get("statetime"), zone),
+    )
+
+
+def _barcode(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadPayload("barcode must be a non-empty string")
+    barcode = normalize(value)
+    if barcode is None:
+        raise BadPayload("barcode is not a valid barcode")
+    return barcode
+
+
+def _state(value: object) -> int:
+    # bool is an int in Python; JSON true is not a status code.
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 <= value < 10**9:
+            return value
+        raise BadPayload("state is out of range")
+    if isinstance(value, str) and _DIGITS.match(value):
+        return int(value)
+    raise BadPayload("state must be an integer")
+
+
+def _statetime(value: object, zone: ZoneInfo) -> datetime:
+    """`YYYY-MM-DD HH:MM:SS` (the documented form) or any ISO 8601 date-time.
+
+    A naive time is in Starex's zone; one with an offset is taken as given.
+    """
+    if not isinstance(value, str) or len(value.strip()) < 16:
+        raise BadPayload("statetime must be a string like 'YYYY-MM-DD HH:MM:SS'")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadPayload("statetime must be a string like 'YYYY-MM-DD HH:MM:SS'") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=zone)
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+    except OverflowError:  # year 1 or 9999 shifted past the calendar
+        raise BadPayload("statetime is out of range") from None

@@ -1,0 +1,178 @@
+"""The bot as a person uses it: real aiogram polling against the fake Bot API,
+real httpx against the fake Starex, a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from bot.app import App
+from bot.db import repo
+from tests.fake_starex import FakeStarex
+from tests.fake_telegram import FakeTelegram
+from tests.harness import make_settings, running
+
+CHAT = 1001
+BARCODE = "AB123456789UZ"
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def starex() -> AsyncIterator[FakeStarex]:
+    async with FakeStarex() as fake:
+        fake.add_trace(BARCODE, [(1, "2026-06-10 09:00:00"), (9, "2026-06-15 14:30:00")])
+        yield fake
+
+
+@pytest.fixture
+async def app(tmp_path, tg: FakeTelegram, starex: FakeStarex) -> AsyncIterator[App]:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        tg.base_url,
+        starex.base_url,
+        admin_ids="7",
+    )
+    async with running(settings) as app:
+        yield app
+
+
+async def ask(
+    tg: FakeTelegram, text: str, *, chat: int = CHAT, language: str = "en", replies: int = 1
+) -> list[str]:
+    before = len(tg.sent_messages(chat))
+    tg.message(chat, text, language_code=language)
+    sent = await tg.wait_for_messages(before + replies, chat_id=chat)
+    return [m["text"] for m in sent[before:]]
+
+
+async def test_start_greets_in_telegram_language(app: App, tg: FakeTelegram) -> None:
+    (en,) = await ask(tg, "/start", language="en-GB")
+    (ru,) = await ask(tg, "/start", chat=2002, language="ru-RU")
+    (uz,) = await ask(tg, "/start", chat=3003, language="uz")
+    (de,) = await ask(tg, "/start", chat=4004, language="de")
+    assert "Starex" in en and "/help" in en
+    assert len({en, ru, uz}) == 3  # three languages, three texts
+    assert de == ru  # DEFAULT_LANGUAGE is ru
+
+
+async def test_help_lists_every_command(app: App, tg: FakeTelegram) -> None:
+    (text,) = await ask(tg, "/help")
+    for command in ("/track", "/subscribe", "/unsubscribe", "/list", "/language"):
+        assert command in text
+
+
+async def test_command_menu_set_per_language(app: App, tg: FakeTelegram) -> None:
+    assert set(tg.commands) >= {"", "ru", "uz", "en"}
+    names = [c["command"] for c in tg.commands["uz"]]
+    assert "track" in names and "subscribe" in names
+    assert tg.commands["en"] != tg.commands["ru"]
+
+
+async def test_track_shows_decoded_history_oldest_first(app: App, tg: FakeTelegram) -> None:
+    (text,) = await ask(tg, "/track ab-1234 5678 9uz")
+    assert BARCODE in text
+    assert "A*** K***" in text and "Karimov" not in text
+    assert "10.06.2026 09:00" in text and "15.06.2026 14:30" in text
+    assert text.index("10.06.2026 09:00") < text.index("15.06.2026 14:30")
+    assert "Delivered" in text  # en: translation of COMPLETE
+    (ru,) = await ask(tg, f"/track {BARCODE}", chat=2002, language="ru")
+    assert "Доставлен" in ru  # ru: Starex's own name
+
+
+async def test_track_errors_are_friendly(app: App, tg: FakeTelegram, starex: FakeStarex) -> None:
+    (missing,) = await ask(tg, "/track ZZ000000000UZ")
+    assert "ZZ000000000UZ" in missing and "not found" in missing
+    (bad,) = await ask(tg, "/track hello")
+    assert "AB123456789UZ" in bad  # the hint shows the expected form
+    (usage,) = await ask(tg, "/track")
+    assert "/track AB123456789UZ" in usage
+    starex.fault = (500, "<html>oops</html>")
+    (down,) = await ask(tg, f"/track {BARCODE}")
+    assert "try again" in down and "oops" not in down
+
+
+async def test_subscribe_list_unsubscribe(app: App, tg: FakeTelegram) -> None:
+    (text,) = await ask(tg, f"/subscribe {BARCODE} <<Gift>> & Co")
+    assert "following" in text and "Delivered" in text
+    # sent escaped, and accepted by the fake's strict HTML check
+    assert "&lt;&lt;Gift&gt;&gt; &amp; Co" in text
+    (again,) = await ask(tg, f"/subscribe {BARCODE}")
+    assert "already" in again
+    async with app.session_factory() as session:
+        subs = await repo.list_subscriptions(session, CHAT)
+    assert [s.barcode for s in subs] == [BARCODE]
+    (listing,) = await ask(tg, "/list")
+    assert BARCODE in listing
+    (gone,) = await ask(tg, f"/unsubscribe {BARCODE}")
+    assert "no longer" in gone
+    (empty,) = await ask(tg, "/list")
+    assert "not following" in empty
+
+
+async def test_deep_link_subscribes(app: App, tg: FakeTelegram) -> None:
+    (text,) = await ask(tg, f"/start {BARCODE}")
+    assert BARCODE in text
+    async with app.session_factory() as session:
+        assert await repo.is_subscribed(session, CHAT, BARCODE)
+
+
+async def test_plain_message_with_several_barcodes(app: App, tg: FakeTelegram) -> None:
+    texts = await ask(tg, f"{BARCODE}, zz000000000uz", replies=2)
+    assert "Delivered" in texts[0]
+    assert "ZZ000000000UZ" in texts[1] and "not found" in texts[1]
+    first = tg.sent_messages(CHAT)[-2]
+    buttons = [b["callback_data"] for row in first["reply_markup"]["inline_keyboard"] for b in row]
+    assert f"p:sub:{BARCODE}" in buttons and f"p:trace:{BARCODE}" in buttons
+
+
+async def test_buttons_subscribe_and_show_history(app: App, tg: FakeTelegram) -> None:
+    await ask(tg, BARCODE)
+    message_id = tg.calls_of("sendMessage")[-1].result["message_id"]
+    tg.callback(CHAT, f"p:sub:{BARCODE}", message_id=message_id)
+    for _ in range(100):
+        if tg.calls_of("editMessageReplyMarkup"):
+            break
+        await asyncio.sleep(0.05)
+    (edit,) = tg.calls_of("editMessageReplyMarkup")
+    buttons = [
+        b["callback_data"] for row in edit.params["reply_markup"]["inline_keyboard"] for b in row
+    ]
+    assert f"p:unsub:{BARCODE}" in buttons
+    assert tg.calls_of("answerCallbackQuery")
+    async with app.session_factory() as session:
+        assert await repo.is_subscribed(session, CHAT, BARCODE)
+    tg.callback(CHAT, f"p:trace:{BARCODE}", message_id=message_id)
+    sent = await tg.wait_for_messages(2, chat_id=CHAT)
+    assert "A*** K***" in sent[-1]["text"]
+
+
+async def test_language_choice_is_stored_and_used(app: App, tg: FakeTelegram) -> None:
+    await ask(tg, "/language")
+    tg.callback(CHAT, "lang:uz")
+    await tg.wait_for_messages(2, chat_id=CHAT)
+    async with app.session_factory() as session:
+        user = await repo.get_user(session, CHAT)
+    assert user is not None and user.language == "uz"
+    (help_uz,) = await ask(tg, "/help", language="en")
+    (help_en,) = await ask(tg, "/help", chat=5005, language="en")
+    assert help_uz != help_en
+
+
+async def test_admin_command_only_for_admins(app: App, tg: FakeTelegram) -> None:
+    (stranger,) = await ask(tg, "/stats")
+    tg.message(7, "/stats")
+    (admin,) = [m["text"] for m in await tg.wait_for_messages(1, chat_id=7)]
+    assert "subscriptions" in admin
+    assert "subscriptions" not in stranger
+
+
+async def test_other_content_gets_a_hint(app: App, tg: FakeTelegram) -> None:
+    (text,) = await ask(tg, "/nonsense")
+    assert "AB123456789UZ" in text
