@@ -1,0 +1,96 @@
+"""The whole application (web server + polling + dispatcher) against fake Telegram
+and fake Starex: a person subscribes, Starex posts a change, the person is told once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bot.app import telegram_secret_token
+from tests.fake_starex import FakeStarex
+from tests.fake_telegram import FakeTelegram
+from tests.harness import make_settings, running, web_client
+
+BARCODE = "AB123456789UZ"
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeTelegram, FakeStarex]]:
+    async with FakeTelegram() as tg, FakeStarex() as starex:
+        starex.add_trace(BARCODE, [(1, "2026-06-10 09:00:00")])
+        yield tg, starex
+
+
+async def test_subscribe_then_webhook_notifies_once_in_each_language(
+    db_url: str, fakes: tuple[FakeTelegram, FakeStarex]
+) -> None:
+    tg, starex = fakes
+    settings = make_settings(db_url, tg.base_url, starex.base_url)
+    async with running(settings), web_client(settings) as web:
+        tg.message(10, f"/subscribe {BARCODE}", language_code="uz")
+        tg.message(20, f"/subscribe {BARCODE.lower()}", language_code="ru-RU")
+        tg.message(30, "/start", language_code="en")  # not subscribed: must hear nothing
+        for chat in (10, 20, 30):
+            await tg.wait_for_messages(1, chat_id=chat)
+
+        body = {"barcode": BARCODE, "state": 9, "statetime": "2026-06-15 14:30:00"}
+        path = settings.starex_webhook_path
+        assert (await web.post(path, json=body)).status_code == 200
+        assert (await web.post(path, json=body)).status_code == 200  # Starex retried
+
+        uz = (await tg.wait_for_messages(2, chat_id=10))[1]["text"]
+        ru = (await tg.wait_for_messages(2, chat_id=20))[1]["text"]
+        assert BARCODE in uz and BARCODE in ru
+        assert "Доставлен" in ru  # ru: Starex's own name
+        assert "Yetkazib berildi" in uz  # uz: the project's translation of COMPLETE
+        assert "15.06.2026 14:30" in uz and "15.06.2026 14:30" in ru
+
+        await asyncio.sleep(0.5)  # anything extra would have been sent by now
+        assert len(tg.sent_messages(10)) == 2
+        assert len(tg.sent_messages(20)) == 2
+        assert len(tg.sent_messages(30)) == 1
+
+
+async def test_telegram_webhook_mode_checks_the_secret_token(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex]
+) -> None:
+    tg, starex = fakes
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+        tg.base_url,
+        starex.base_url,
+        telegram_webhook_url="https://bot.example.uz",
+    )
+    async with running(settings), web_client(settings) as web:
+        assert tg.webhook_url == "https://bot.example.uz/telegram/webhook"
+        assert not tg.calls_of("getUpdates")
+        update = tg.make_update(55, "/help")
+        for headers in ({}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}):
+            response = await web.post("/telegram/webhook", json=update, headers=headers)
+            assert response.status_code == 401
+        assert not tg.sent_messages(55)
+        good = {"X-Telegram-Bot-Api-Secret-Token": telegram_secret_token(settings)}
+        response = await web.post("/telegram/webhook", json=update, headers=good)
+        assert response.status_code == 200
+        (reply,) = await tg.wait_for_messages(1, chat_id=55)
+        assert "/track" in reply["text"]
+
+
+async def test_health_and_metrics_endpoints(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex]
+) -> None:
+    tg, starex = fakes
+    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url,
+                             starex.base_url)
+    async with running(settings), web_client(settings) as web:
+        health = await web.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok"}
+        metrics = await web.get("/metrics")
+        assert metrics.status_code == 200
+        assert "starex_api_request_seconds" in metrics.text  # the dictionary fetch
+    with pytest.raises(httpx.TransportError):
+        async with web_client(settings) as web:
+            await web.get("/healthz")  # stopped: nothing listens any more

@@ -1,0 +1,151 @@
+"""POST /starex/webhook/<secret>, /healthz and /metrics over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy import func, select
+
+from bot.app import App, close, create_app
+from bot.db import repo, upgrade_database
+from bot.db.models import Event, Notification
+from tests.harness import WEBHOOK_SECRET, make_settings
+
+BARCODE = "AB123456789UZ"
+URL = f"/starex/webhook/{WEBHOOK_SECRET}"
+
+
+def event(state: int = 9, statetime: str = "2026-06-15 14:30:00", **extra: object) -> dict:
+    return {"barcode": BARCODE, "state": state, "statetime": statetime, **extra}
+
+
+@pytest.fixture
+async def app(db_url: str) -> AsyncIterator[App]:
+    # Telegram and Starex are never reached here: the webhook does not call them.
+    app = create_app(make_settings(db_url, "http://127.0.0.1:9", "http://127.0.0.1:9"))
+    await upgrade_database(app.engine)
+    async with app.session_factory() as session, session.begin():
+        for chat in (1, 2):
+            await repo.touch_user(session, chat, "en")
+            await repo.subscribe(session, chat, BARCODE)
+    yield app
+    await close(app)
+
+
+@pytest.fixture
+async def client(app: App) -> AsyncIterator[TestClient]:
+    async with TestClient(TestServer(app.web)) as client:
+        yield client
+
+
+async def count(app: App, model: type) -> int:
+    async with app.session_factory() as session:
+        return await session.scalar(select(func.count()).select_from(model)) or 0
+
+
+async def test_event_stored_and_queued_for_each_subscriber(app: App, client: TestClient) -> None:
+    response = await client.post(URL, json=event())
+    assert response.status == 200
+    assert (await response.json())["outcome"] == "stored"
+    assert await count(app, Event) == 1
+    assert await count(app, Notification) == 2
+
+
+async def test_repeated_event_answers_200_and_queues_nothing(
+    app: App, client: TestClient
+) -> None:
+    for _ in range(3):
+        assert (await client.post(URL, json=event())).status == 200
+    responses = await asyncio.gather(*(client.post(URL, json=event()) for _ in range(30)))
+    assert {r.status for r in responses} == {200}
+    assert await count(app, Event) == 1
+    assert await count(app, Notification) == 2
+
+
+async def test_older_event_is_stored_not_pushed(app: App, client: TestClient) -> None:
+    await client.post(URL, json=event(state=9, statetime="2026-06-15 14:30:00"))
+    response = await client.post(URL, json=event(state=5, statetime="2026-06-14 10:00:00"))
+    assert (await response.json())["outcome"] == "stale"
+    assert await count(app, Event) == 2
+    assert await count(app, Notification) == 2
+    async with app.session_factory() as session:
+        latest = await repo.latest_event(session, BARCODE)
+    assert latest is not None and latest.state == 9
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'"text"',
+        json.dumps(event(state="abc")).encode(),
+        json.dumps(event(state=None)).encode(),
+        json.dumps(event(state=1.5)).encode(),
+        json.dumps(event(barcode="")).encode(),
+        json.dumps(event(barcode="A" * 300)).encode(),
+        json.dumps(event(statetime=None)).encode(),
+        json.dumps(event(statetime="")).encode(),
+        json.dumps(event(statetime="yesterday")).encode(),
+        json.dumps({"barcode": BARCODE}).encode(),
+    ],
+)
+async def test_bad_input_is_400_with_reason_and_stores_nothing(
+    app: App, client: TestClient, body: bytes
+) -> None:
+    response = await client.post(URL, data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 400
+    assert (await response.json())["error"]
+    assert await count(app, Event) == 0
+
+
+async def test_wrong_or_missing_secret_is_404(app: App, client: TestClient) -> None:
+    for url in ("/starex/webhook/wrong", "/starex/webhook", "/starex/webhook/"):
+        response = await client.post(url, json=event())
+        assert response.status == 404
+        assert WEBHOOK_SECRET not in await response.text()
+    assert await count(app, Event) == 0
+
+
+async def test_get_is_405_and_huge_body_413(app: App, client: TestClient) -> None:
+    assert (await client.get(URL)).status == 405
+    huge = json.dumps(event(padding="x" * (2 * 1024 * 1024))).encode()
+    response = await client.post(
+        URL, data=io.BytesIO(huge), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 413
+    assert await count(app, Event) == 0
+
+
+async def test_storage_failure_is_503_and_health_follows(app: App, client: TestClient) -> None:
+    assert (await client.get("/healthz")).status == 200
+    # A database server that does not answer (nothing listens on port 9).
+    broken = create_app(
+        make_settings(
+            "postgresql+asyncpg://postgres@127.0.0.1:9/test",
+            "http://127.0.0.1:9",
+            "http://127.0.0.1:9",
+        )
+    )
+    try:
+        async with TestClient(TestServer(broken.web)) as broken_client:
+            assert (await broken_client.post(URL, json=event())).status == 503
+            assert (await broken_client.get("/healthz")).status == 503
+    finally:
+        await close(broken)
+
+
+async def test_metrics_count_webhooks(app: App, client: TestClient) -> None:
+    await client.post(URL, json=event())
+    await client.post(URL, json=event())
+    await client.post(URL, data=b"nonsense")
+    text = await (await client.get("/metrics")).text()
+    assert 'starex_webhooks_received_total{outcome="stored"} 1.0' in text
+    assert 'starex_webhooks_received_total{outcome="duplicate"} 1.0' in text
+    assert 'starex_webhooks_rejected_total{reason="invalid"} 1.0' in text
+    assert "notifications_pending" in text
