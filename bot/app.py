@@ -55,7 +55,7 @@ class App:
     dp: Dispatcher
     notifier: Notifier
     web: web.Application
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @property
     def polling(self) -> bool:
@@ -166,8 +166,8 @@ def create_app(
 def spawn(app: App, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """Background work with a kept reference, cancelled at shutdown."""
     task = asyncio.create_task(coro)
-    app.tasks.append(task)
-    task.add_done_callback(lambda t: t in app.tasks and app.tasks.remove(t))
+    app.tasks.add(task)
+    task.add_done_callback(app.tasks.discard)
     return task
 
 

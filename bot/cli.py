@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import errno
+import importlib
 import logging
+import os
 import signal
 import sys
+from types import FrameType
+from urllib.parse import quote, unquote, urlsplit
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from bot.app import close, create_app, run
 from bot.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("bot")
+
+# From SIGTERM to exit. run() shuts down in order within about SHUTDOWN_GRACE, but it
+# only looks at `stop` once start-up is over, and start-up can hang for long on an
+# unreachable Starex or Telegram; Docker sends SIGKILL 10 s after SIGTERM.
+STOP_TIMEOUT = 7.0
+# The least a chatty library logger is set to, whatever LOG_LEVEL says: aiogram logs
+# every handled update at INFO, alembic its plugins at every start, and aiosqlite
+# every operation, parameters included, at DEBUG.
+QUIETER_LOGGERS = {
+    "aiogram.event": logging.WARNING,
+    "alembic.runtime.plugins": logging.WARNING,
+    "aiosqlite": logging.INFO,
+}
 
 
 class RedactingFormatter(logging.Formatter):
@@ -21,7 +38,8 @@ class RedactingFormatter(logging.Formatter):
 
     def __init__(self, fmt: str, secrets: list[str]) -> None:
         super().__init__(fmt)
-        self._secrets = [s for s in secrets if s]
+        # Longest first, so a secret containing another is replaced whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -30,33 +48,87 @@ class RedactingFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(settings: Settings) -> None:
-    secrets = [
+def secrets_of(settings: Settings) -> list[str]:
+    """Every string that must never appear in a log line, in the forms it travels in."""
+    values = [
         settings.bot_token.get_secret_value(),
         settings.starex_password.get_secret_value(),
     ]
     if settings.starex_webhook_secret is not None:
-        secrets.append(settings.starex_webhook_secret.get_secret_value())
+        values.append(settings.starex_webhook_secret.get_secret_value())
+    values.append(unquote(urlsplit(settings.database_url).password or ""))
+    values = [v for v in values if v.strip()]
+    forms = set(values)
+    forms.update(quote(v, safe="") for v in values)  # inside URLs
+    forms.update(quote(v, safe=":/") for v in values)
+    # The Authorization header Starex receives, should any library ever log it.
+    credentials = f"{settings.starex_login}:{settings.starex_password.get_secret_value()}"
+    forms.add(base64.b64encode(credentials.encode()).decode())
+    return sorted(forms)
+
+
+def setup_logging(settings: Settings) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", secrets)
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", secrets_of(settings))
     )
     logging.basicConfig(level=settings.log_level, handlers=[handler], force=True)
-    # aiogram logs every handled update at INFO; that is noise for an operator.
-    logging.getLogger("aiogram.event").setLevel(logging.WARNING)
+    # Warnings (ResourceWarning and the like) go through the redacting handler too.
+    logging.captureWarnings(True)
+    for name, least in QUIETER_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(least, logging.getLogger().level))
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the application until `stop` is set (by default: on SIGTERM/SIGINT), then give
+    it STOP_TIMEOUT to shut down in order."""
+    from bot.app import close, create_app, run
+
     app = create_app(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    on_signals = stop is None  # the real program; tests set `stop` themselves
+    stop = asyncio.Event() if stop is None else stop
+    running = asyncio.create_task(run(app, stop))
+    if on_signals:
+        _stop_on_signals(stop, running)
+    stopping = asyncio.create_task(stop.wait())
     try:
-        await run(app, stop)
+        await asyncio.wait((running, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            await asyncio.wait((running,), timeout=STOP_TIMEOUT)
+        if not running.done():
+            log.warning("shutdown took longer than %.0f s; stopping now", STOP_TIMEOUT)
+            running.cancel()
+        try:
+            await running
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+            await close(app)  # cancelled mid-start-up or mid-shutdown
     except BaseException:
+        running.cancel()
+        with contextlib.suppress(BaseException):
+            await running
         await close(app)
         raise
+    finally:
+        stopping.cancel()
+
+
+def _stop_on_signals(stop: asyncio.Event, running: asyncio.Task[None]) -> None:
+    def on_signal() -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting for a graceful end
+            running.cancel()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+
+
+def _exit_before_start(signum: int, frame: FrameType | None) -> None:
+    # Nothing has started yet, so there is nothing to finish. Not SystemExit: raised
+    # inside pydantic-core's Rust code (aiogram's import) it becomes a SchemaError.
+    os._exit(0)
 
 
 def main() -> int:  # the console script; its return value is the exit code
@@ -66,12 +138,34 @@ def main() -> int:  # the console script; its return value is the exit code
         print(f"starex-bot: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings)
+    # Until serve() hands the signals to the event loop.
+    signal.signal(signal.SIGTERM, _exit_before_start)
+    signal.signal(signal.SIGINT, _exit_before_start)
     try:
+        # Only now: aiogram (and SQLAlchemy) take seconds to import, and a
+        # configuration error above must be reported at once.
+        importlib.import_module("bot.app")
         asyncio.run(serve(settings))
-    except SQLAlchemyError as exc:
-        log.error("database unavailable at start-up: %s", type(exc).__name__)
-        return 1
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
+    except Exception as exc:
+        report_failure(exc, settings)
         return 1
     return 0
+
+
+def report_failure(exc: Exception, settings: Settings) -> None:
+    """One line for the failures an operator can fix; a traceback for the others."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, SQLAlchemyError):
+        # The driver's message, not SQLAlchemy's, which appends the SQL and a link.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        log.error("database unavailable at start-up: %s: %s", type(exc).__name__, reason)
+    elif isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        log.error(
+            "cannot listen on %s:%s (HOST, PORT): %s", settings.host, settings.port, exc.strerror
+        )
+    elif isinstance(exc, OSError):
+        log.error("cannot start: %s", exc)
+    else:
+        # Unexpected: the traceback helps, and goes through the redacting formatter.
+        log.error("starex-bot stopped by an unexpected error", exc_info=exc)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 LANGUAGES = ("ru", "uz", "en")
+# The async drivers the engine supports, by backend. Checked by hand, not with
+# SQLAlchemy's make_url: importing SQLAlchemy would delay every configuration error.
+ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -50,6 +56,18 @@ class Settings(BaseSettings):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database(cls, value: str) -> str:
+        # Messages never quote the URL: it may hold the database password.
+        match = _URL_SCHEME.match(value)
+        backend, driver = (match[1].lower(), match[2].lower()) if match else ("", "")
+        if ASYNC_DRIVERS.get(backend) != driver:
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        if importlib.util.find_spec(driver) is None:
+            raise ValueError(f"needs the {driver} package (pip install 'starex-bot[postgres]')")
         return value
 
     @field_validator("default_language")
@@ -104,3 +122,9 @@ def load_settings(**overrides: object) -> Settings:
             raise ConfigError(f"{name} is required but not set") from None
         # Never echo the input: it may be a secret.
         raise ConfigError(f"{name} is invalid: {first['msg']}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(".env is not valid UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f".env cannot be read: {exc.strerror}") from None
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None

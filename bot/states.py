@@ -35,11 +35,15 @@ class StateCatalog:
         starex: StarexClient,
         *,
         min_refresh_interval: float = 60.0,
+        refresh_timeout: float = 12.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session_factory = session_factory
         self._starex = starex
         self._min_interval = min_refresh_interval
+        # The client retries a hanging Starex for half a minute; start-up, notifications
+        # and /track wait on a refresh, so it gives up sooner (and is retried later).
+        self._timeout = refresh_timeout
         self._clock = clock
         self._states: dict[int, StateInfo] = {}
         self._last_attempt: float | None = None
@@ -55,7 +59,8 @@ class StateCatalog:
     async def load_cached(self) -> None:
         async with self._session_factory() as session:
             cached = await repo.load_states(session)
-        self._states = {code: StateInfo(s.name, s.advanced) for code, s in cached.items()}
+        loaded = {code: StateInfo(s.name, s.advanced) for code, s in cached.items()}
+        self._states = {**loaded, **self._states}  # a fetch already made is fresher
 
     async def refresh(self) -> bool:
         """Fetch the dictionary from Starex and cache it; False when Starex failed."""
@@ -65,11 +70,24 @@ class StateCatalog:
     async def _refresh_locked(self) -> bool:
         self._last_attempt = self._clock()
         try:
-            states = await self._starex.get_states()
+            async with asyncio.timeout(self._timeout):
+                states = await self._starex.get_states()
+        except TimeoutError:
+            log.warning("status dictionary not refreshed: no answer in %.0f s", self._timeout)
+            return False
         except StarexError as exc:
             log.warning("status dictionary not refreshed: %s", exc)
             return False
+        except Exception:
+            # The dictionary only improves texts; no surprise in it may stop the bot.
+            log.exception("status dictionary not refreshed: unexpected error")
+            return False
         fetched = {s.code: StateInfo(s.name, s.advanced) for s in states}
+        if not fetched:
+            # An empty (or wholly malformed) list is a Starex glitch, not "no statuses":
+            # keep what we have and keep retrying.
+            log.warning("status dictionary not refreshed: Starex sent no usable states")
+            return False
         try:
             async with self._session_factory() as session, session.begin():
                 await repo.save_states(
@@ -84,7 +102,8 @@ class StateCatalog:
         return True
 
     async def ensure(self, code: int) -> StateInfo | None:
-        """The entry for `code`, refreshing first when it is unknown (at most once a minute)."""
+        """The entry for `code`, refreshing first when it is unknown (at most once per
+        `min_refresh_interval`, failed attempts included)."""
         if code in self._states:
             return self._states[code]
         async with self._lock:

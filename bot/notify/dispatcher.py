@@ -12,17 +12,17 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from aiogram import Bot
 from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
     TelegramNetworkError,
-    TelegramNotFound,
     TelegramRetryAfter,
-    TelegramServerError,
 )
 from aiolimiter import AsyncLimiter
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +37,7 @@ from bot.states import StateCatalog
 
 log = logging.getLogger(__name__)
 
+# 400 Bad Request descriptions that mean the chat itself is gone (403 always does).
 GONE_MARKERS = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 
 
@@ -55,6 +56,7 @@ class Notifier:
         poll_interval: float = 5.0,
         lease_seconds: float = 120.0,
         max_attempts: int = 30,
+        base_backoff: float = 1.0,
         max_backoff: float = 300.0,
         batch_size: int = 200,
     ) -> None:
@@ -64,14 +66,21 @@ class Notifier:
         self._catalog = catalog
         self._zone = zone
         self._metrics = metrics
-        # Telegram allows about 30 messages a second overall; stay below it.
-        self._limiter = AsyncLimiter(rate_per_second, 1.0)
+        # Telegram allows about 30 messages a second overall; stay below it. A bucket of
+        # one spaces sends evenly: AsyncLimiter(rate, 1) would let `rate` go in a burst
+        # and `rate` more within the same second.
+        self._limiter = AsyncLimiter(1, 1.0 / rate_per_second)
         self._concurrency = asyncio.Semaphore(concurrency)
         self._poll_interval = poll_interval
         self._lease = timedelta(seconds=lease_seconds)
         self._max_attempts = max_attempts
+        self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self._batch_size = batch_size
+        # Chats waiting out a retry_after or backoff, until when (naive UTC, the very
+        # value written to their rows). A change queued meanwhile is due at once in the
+        # database; skipping the chat keeps it from overtaking the rows that wait.
+        self._held: dict[int, datetime] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -90,21 +99,44 @@ class Notifier:
                 await self.drain_once()
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("outbox not readable, will retry: %s", type(exc).__name__)
+            except Exception:
+                # Whatever went wrong, the loop must go on: rows stay leased and return.
+                log.exception("notification round failed, will retry")
             if self._stopping.is_set():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                await asyncio.wait_for(self._wakeup.wait(), self._idle_seconds())
+
+    def _idle_seconds(self) -> float:
+        """Until the next poll, or sooner when a held chat's wait is over."""
+        if not self._held:
+            return self._poll_interval
+        soonest = (min(self._held.values()) - utcnow()).total_seconds()
+        return min(self._poll_interval, max(soonest, 0.0))
 
     async def drain_once(self) -> int:
         """Send every row due now; returns how many were delivered."""
+        now = utcnow()
+        # A hold that ran out is over: its rows carry the same time, so they are due too.
+        self._held = {chat: until for chat, until in self._held.items() if until > now}
         async with self._session_factory() as session:
-            due = await repo.due_notifications(session, utcnow(), self._batch_size)
+            due = await repo.due_notifications(session, now, self._batch_size)
             self._metrics.notifications_pending.set(await repo.count_pending(session))
         by_chat: dict[int, list[Notification]] = defaultdict(list)
         for row in due:
-            by_chat[row.chat_id].append(row)
-        results = await asyncio.gather(*(self._send_chat(rows) for rows in by_chat.values()))
-        return sum(results)
+            if row.chat_id not in self._held:
+                by_chat[row.chat_id].append(row)
+        # Let every chat finish before returning (stop() waits for this round), then
+        # report the first failure; the rows it left claimed come back after the lease.
+        results = await asyncio.gather(
+            *(self._send_chat(rows) for rows in by_chat.values()), return_exceptions=True
+        )
+        delivered = 0
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            delivered += result
+        return delivered
 
     async def _send_chat(self, rows: list[Notification]) -> int:
         delivered = 0
@@ -113,9 +145,12 @@ class Notifier:
                 if self._stopping.is_set():
                     break
                 outcome = await self._send_one(row)
-                if outcome != "sent":
-                    break  # keep this chat's order: later rows wait for this one
-                delivered += 1
+                if outcome == "sent":
+                    delivered += 1
+                elif outcome != "failed":
+                    # Waiting, gone, or in another worker's hands: later rows must not
+                    # overtake it. (A row given up on no longer holds the chat.)
+                    break
         return delivered
 
     async def _send_one(self, row: Notification) -> str:
@@ -130,7 +165,7 @@ class Notifier:
             self._metrics.notifications_failed.labels("retry_after").inc()
             log.info("Telegram asks to wait %ss for chat %s", exc.retry_after, row.chat_id)
             return await self._retry(row, exc.retry_after, "retry_after", counts=False)
-        except (TelegramForbiddenError, TelegramNotFound) as exc:
+        except TelegramForbiddenError as exc:
             return await self._gone(row, exc.message)
         except TelegramBadRequest as exc:
             if any(marker in exc.message.lower() for marker in GONE_MARKERS):
@@ -139,11 +174,17 @@ class Notifier:
             log.error("notification %s refused by Telegram: %s", row.id, exc.message)
             await self._finish(row, error=exc.message)
             return "failed"
-        except (TelegramNetworkError, TelegramServerError) as exc:
-            self._metrics.notifications_failed.labels("network").inc()
-            delay = min(2.0 ** min(row.attempts, 16), self._max_backoff)
-            log.warning("notification %s not sent (%s), retry in %.0fs", row.id, exc, delay)
-            return await self._retry(row, delay, type(exc).__name__, counts=True)
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            # Network trouble, 5xx, and errors about our side rather than the chat
+            # (401 revoked token, 404 wrong Bot API URL, a proxy's HTML page): not the
+            # user's doing, so never deactivate; retry with backoff up to max_attempts.
+            kind = "network" if isinstance(exc, TelegramNetworkError) else "server"
+            self._metrics.notifications_failed.labels(kind).inc()
+            # exc.message, not str(exc): ClientDecodeError's str() carries the whole body.
+            error = f"{type(exc).__name__}: {exc.message}"
+            delay = min(self._base_backoff * 2.0 ** min(row.attempts, 16), self._max_backoff)
+            log.warning("notification %s not sent (%s), retry in %.1fs", row.id, error, delay)
+            return await self._retry(row, delay, error, counts=True)
         await self._finish(row)
         self._metrics.notifications_sent.inc()
         return "sent"
@@ -171,13 +212,16 @@ class Notifier:
         # row.attempts is the count before this claim; claim added one.
         if counts and row.attempts + 1 >= self._max_attempts:
             self._metrics.notifications_failed.labels("gave_up").inc()
-            log.error("notification %s given up after %d attempts", row.id, row.attempts + 1)
+            log.error(
+                "notification %s given up after %d attempts: %s", row.id, row.attempts + 1, error
+            )
             await self._finish(row, error=error)
             return "failed"
         when = utcnow() + timedelta(seconds=delay)
         async with self._session_factory() as session, session.begin():
             await repo.reschedule(session, row.id, when, error)
             await repo.postpone_chat(session, row.chat_id, when)
+        self._held[row.chat_id] = when
         return "retry"
 
     async def _gone(self, row: Notification, error: str) -> str:

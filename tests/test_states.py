@@ -1,0 +1,233 @@
+"""The status dictionary: fetched from (fake) Starex over HTTP, cached in a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db import repo
+from bot.starex import StarexClient
+from bot.states import StateCatalog, StateInfo
+from tests.fake_starex import LOGIN, PASSWORD, FakeStarex
+from tests.fake_telegram import FakeTelegram
+from tests.harness import make_settings, running, web_client
+
+DOWN = (502, "<html>Bad Gateway</html>")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def starex() -> AsyncIterator[FakeStarex]:
+    async with FakeStarex() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def client(starex: FakeStarex) -> AsyncIterator[StarexClient]:
+    # One attempt per refresh, so every request the fake sees is one refresh.
+    async with StarexClient(starex.base_url, LOGIN, PASSWORD, retries=0, timeout=2.0) as c:
+        yield c
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def catalog(
+    session_factory: async_sessionmaker[AsyncSession], client: StarexClient, clock: Clock
+) -> StateCatalog:
+    return StateCatalog(session_factory, client, clock=clock)
+
+
+def state_requests(starex: FakeStarex) -> int:
+    return sum(1 for path in starex.requests if path.endswith("/dictionaries/states"))
+
+
+async def cached_codes(session_factory: async_sessionmaker[AsyncSession]) -> set[int]:
+    async with session_factory() as session:
+        return set(await repo.load_states(session))
+
+
+async def start(catalog: StateCatalog) -> bool:
+    """What the application does at start-up."""
+    await catalog.load_cached()
+    return await catalog.refresh()
+
+
+async def test_fetched_and_cached_at_startup(
+    catalog: StateCatalog, starex: FakeStarex, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    assert await start(catalog)
+    assert catalog.fresh
+    assert catalog.get(9) == StateInfo("Доставлен", "COMPLETE")
+    assert len(catalog) == 5
+    assert await cached_codes(session_factory) == {0, 1, 5, 9, 12}
+    assert state_requests(starex) == 1
+
+
+async def test_cached_copy_serves_when_starex_is_down(
+    catalog: StateCatalog,
+    starex: FakeStarex,
+    client: StarexClient,
+    session_factory: async_sessionmaker[AsyncSession],
+    clock: Clock,
+) -> None:
+    assert await start(catalog)
+    starex.fault = DOWN
+    restarted = StateCatalog(session_factory, client, clock=clock)
+    assert not await start(restarted)
+    assert not restarted.fresh
+    assert restarted.get(12) == StateInfo("Доставляется", "DELIVERY")
+    assert await restarted.ensure(5) == StateInfo("В пути", "IN_TRANSIT")
+
+
+async def test_without_cache_starts_empty_and_keep_fresh_fills_it(
+    catalog: StateCatalog, starex: FakeStarex, session_factory: async_sessionmaker[AsyncSession]
+) -> None:
+    starex.fault = DOWN
+    assert not await start(catalog)
+    assert len(catalog) == 0
+    assert await catalog.ensure(9) is None  # no crash, no entry: callers say "status 9"
+
+    task = asyncio.create_task(catalog.keep_fresh(interval=60.0, retry=0.05))
+    try:
+        await asyncio.sleep(0.2)
+        assert len(catalog) == 0 and state_requests(starex) >= 2  # it keeps trying
+        starex.fault = None
+        for _ in range(250):
+            if catalog.fresh:
+                break
+            await asyncio.sleep(0.02)
+        assert catalog.get(9) == StateInfo("Доставлен", "COMPLETE")
+        assert await cached_codes(session_factory) == {0, 1, 5, 9, 12}
+        # Fresh now: the next refresh waits for `interval`, not `retry`.
+        settled = state_requests(starex)
+        await asyncio.sleep(0.3)
+        assert state_requests(starex) == settled
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_unknown_code_refreshes_at_most_once_per_interval(
+    catalog: StateCatalog, starex: FakeStarex, clock: Clock
+) -> None:
+    assert await start(catalog)
+    assert state_requests(starex) == 1
+
+    assert await catalog.ensure(9) == StateInfo("Доставлен", "COMPLETE")  # known: no request
+    clock.now += 10
+    assert await catalog.ensure(77) is None  # start-up fetched 10 s ago: too soon
+    assert state_requests(starex) == 1
+
+    clock.now += 51  # 61 s after the last fetch
+    # Several unknown codes at once (a burst of webhooks): one fetch for all.
+    results = await asyncio.gather(*(catalog.ensure(code) for code in (77, 78, 79, 77)))
+    assert results == [None] * 4
+    assert state_requests(starex) == 2
+
+    starex.states.append({"code": 77, "name": "На таможне", "advanced": "CUSTOMS"})
+    clock.now += 59
+    assert await catalog.ensure(77) is None  # Starex knows it now, but it is too soon
+    assert state_requests(starex) == 2
+    clock.now += 1
+    assert await catalog.ensure(77) == StateInfo("На таможне", "CUSTOMS")
+    assert state_requests(starex) == 3
+
+    # Failed attempts count too: a Starex outage is not hammered once per webhook.
+    starex.fault = DOWN
+    clock.now += 60
+    assert await catalog.ensure(80) is None
+    for _ in range(5):
+        clock.now += 5
+        assert await catalog.ensure(80) is None
+    assert state_requests(starex) == 4
+    assert catalog.get(77) is not None  # a failure keeps what was known
+
+
+async def test_codes_gone_from_starex_still_decode(
+    catalog: StateCatalog,
+    starex: FakeStarex,
+    client: StarexClient,
+    session_factory: async_sessionmaker[AsyncSession],
+    clock: Clock,
+) -> None:
+    assert await start(catalog)
+    starex.states = [
+        {"code": 9, "name": "Вручен", "advanced": "COMPLETE"},
+        {"code": 13, "name": "Возврат", "advanced": "RETURN"},
+    ]
+    assert await catalog.refresh()
+    assert catalog.get(12) == StateInfo("Доставляется", "DELIVERY")  # gone, still decodes
+    assert catalog.get(9) == StateInfo("Вручен", "COMPLETE")  # renamed: the new name wins
+    assert catalog.get(13) == StateInfo("Возврат", "RETURN")
+
+    restarted = StateCatalog(session_factory, client, clock=clock)
+    await restarted.load_cached()  # and after a restart, from the database
+    assert restarted.get(12) == StateInfo("Доставляется", "DELIVERY")
+    assert restarted.get(9) == StateInfo("Вручен", "COMPLETE")
+    assert len(restarted) == 6
+
+
+@pytest.mark.parametrize(
+    "states",
+    [[], [{"name": "no code"}, {"code": "x"}]],
+    ids=["empty", "malformed"],
+)
+async def test_an_empty_list_from_starex_is_not_fresh(
+    catalog: StateCatalog, starex: FakeStarex, states: list[dict[str, object]]
+) -> None:
+    assert await start(catalog)
+    starex.states = states
+    catalog.fresh = False
+    assert not await catalog.refresh()
+    assert not catalog.fresh  # keep_fresh goes on retrying soon
+    assert len(catalog) == 5
+
+
+async def test_a_hanging_starex_is_given_up_on(
+    session_factory: async_sessionmaker[AsyncSession], starex: FakeStarex
+) -> None:
+    starex.delay = 1.0
+    async with StarexClient(starex.base_url, LOGIN, PASSWORD, timeout=5.0) as client:
+        catalog = StateCatalog(session_factory, client, refresh_timeout=0.2)
+        async with asyncio.timeout(0.8):
+            assert not await start(catalog)
+    assert not catalog.fresh
+
+
+async def test_an_unexpected_error_does_not_escape(
+    session_factory: async_sessionmaker[AsyncSession], starex: FakeStarex
+) -> None:
+    def explode(request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("a bug, not an outage")
+
+    transport = httpx.MockTransport(explode)
+    async with StarexClient(starex.base_url, LOGIN, PASSWORD, transport=transport) as client:
+        catalog = StateCatalog(session_factory, client)
+        assert not await start(catalog)
+        assert await catalog.ensure(9) is None
+
+
+async def test_app_starts_while_starex_is_down(db_url: str) -> None:
+    async with FakeTelegram() as tg, FakeStarex() as starex:
+        starex.fault = DOWN
+        settings = make_settings(db_url, tg.base_url, starex.base_url)
+        async with running(settings) as app, web_client(settings) as web:
+            assert (await web.get("/healthz")).status_code == 200
+            assert not app.catalog.fresh and len(app.catalog) == 0
+        assert state_requests(starex) >= 1
