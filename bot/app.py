@@ -17,7 +17,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
 SHUTDOWN_GRACE = 5.0
+TELEGRAM_SETUP_TIMEOUT = 15.0
 
 
 @dataclass
@@ -167,8 +168,15 @@ def spawn(app: App, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """Background work with a kept reference, cancelled at shutdown."""
     task = asyncio.create_task(coro)
     app.tasks.add(task)
+    task.add_done_callback(_forget)
     task.add_done_callback(app.tasks.discard)
     return task
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    """A background task that died is reported when it dies, not at interpreter exit."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -184,18 +192,45 @@ class RedactingAccessLogger(AbstractAccessLogger):
 async def _prepare_telegram(app: App) -> None:
     """Menus and webhook registration; Telegram being down must not stop start-up."""
     try:
-        await set_bot_commands(app.bot, app.i18n)
-        if app.polling:
-            await app.bot.delete_webhook(drop_pending_updates=False)
-        else:
-            base = str(app.settings.telegram_webhook_url).rstrip("/")
-            await app.bot.set_webhook(
-                base + TELEGRAM_WEBHOOK_PATH,
-                secret_token=telegram_secret_token(app.settings),
-                allowed_updates=app.dp.resolve_used_update_types(),
-            )
-    except (TelegramAPIError, TelegramNetworkError) as exc:
-        log.warning("Telegram set-up incomplete (%s); the bot goes on", exc)
+        async with asyncio.timeout(TELEGRAM_SETUP_TIMEOUT):
+            await set_bot_commands(app.bot, app.i18n)
+            if app.polling:
+                await app.bot.delete_webhook(drop_pending_updates=False)
+            else:
+                base = str(app.settings.telegram_webhook_url).rstrip("/")
+                await app.bot.set_webhook(
+                    base + TELEGRAM_WEBHOOK_PATH,
+                    secret_token=telegram_secret_token(app.settings),
+                    allowed_updates=app.dp.resolve_used_update_types(),
+                )
+    except (TelegramAPIError, TelegramNetworkError, TimeoutError) as exc:
+        log.warning("Telegram set-up incomplete (%s); the bot goes on", exc or "timeout")
+
+
+async def _poll(app: App) -> None:
+    """Long polling. aiogram asks getMe once, unguarded, before its own retry loop;
+    ask first, until Telegram answers, so an outage at start-up is survived."""
+    delay = 1.0
+    while True:
+        try:
+            await app.bot.me()  # cached by aiogram once it succeeds
+            break
+        except (TelegramNetworkError, TelegramServerError) as exc:
+            log.warning("Telegram unreachable (%s); retrying in %.0f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+    await app.dp.start_polling(
+        app.bot,
+        handle_signals=False,
+        close_bot_session=False,
+        allowed_updates=app.dp.resolve_used_update_types(),
+    )
+
+
+async def _refresh_states(app: App) -> None:
+    if not await app.catalog.refresh():
+        log.warning("using %d cached status names; retrying Starex", len(app.catalog))
+    await app.catalog.keep_fresh()
 
 
 async def run(app: App, stop: asyncio.Event) -> None:
@@ -207,28 +242,21 @@ async def run(app: App, stop: asyncio.Event) -> None:
         )
     await upgrade_database(app.engine)
     await app.catalog.load_cached()
-    if not await app.catalog.refresh():
-        log.warning("starting with %d cached status names; retrying Starex", len(app.catalog))
 
     runner = web.AppRunner(app.web, access_log_class=RedactingAccessLogger, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+    except OSError:
+        await runner.cleanup()
+        raise
     log.info("web server listening on %s:%s", settings.host, settings.port)
 
+    # The cached dictionary serves meanwhile; names are looked up when rendering.
+    spawn(app, _refresh_states(app))
     await _prepare_telegram(app)
     notifier_task = spawn(app, app.notifier.run())
-    spawn(app, app.catalog.keep_fresh())
-    polling_task = None
-    if app.polling:
-        polling_task = spawn(
-            app,
-            app.dp.start_polling(
-                app.bot,
-                handle_signals=False,
-                close_bot_session=False,
-                allowed_updates=app.dp.resolve_used_update_types(),
-            ),
-        )
+    polling_task = spawn(app, _poll(app)) if app.polling else None
     log.info("starex-bot started (%s)", "long polling" if app.polling else "Telegram webhook")
 
     try:

@@ -479,10 +479,7 @@ def test_sigterm_during_start_up_exits_at_once(tmp_path: Path) -> None:
     assert_clean(bot.output)
 
 
-async def test_stop_while_start_up_hangs_on_starex(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(cli, "STOP_TIMEOUT", 0.5)
+async def test_stop_while_starex_hangs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Listens, so connections are made, but never answers: a hanging Starex.
     with socket.create_server(("127.0.0.1", 0)) as hanging:
         hanging.setblocking(False)
@@ -496,27 +493,22 @@ async def test_stop_while_start_up_hangs_on_starex(
             serving = asyncio.create_task(cli.serve(settings, stop))
             connections = []
             try:
-                for _ in range(200):  # until start-up waits on Starex
+                for _ in range(200):  # until the dictionary fetch waits on Starex
                     with contextlib.suppress(BlockingIOError):
                         connections.append(hanging.accept()[0])
                         break
                     await asyncio.sleep(0.05)
                 assert connections, "never asked Starex"
                 stop.set()
-                async with asyncio.timeout(3):
+                async with asyncio.timeout(3):  # well before STOP_TIMEOUT forces it
                     await serving  # returns: the exit code is 0
             finally:
                 serving.cancel()
                 for connection in connections:
                     connection.close()
-    assert "shutdown took longer" in caplog.text
+    assert "shutdown took longer" not in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot/app.py: aiogram's start_polling calls getMe once, unguarded; when it fails "
-    "the polling task ends for good and the bot never answers until restarted",
-)
 async def test_polling_survives_telegram_failing_at_start(tmp_path: Path) -> None:
     async with FakeTelegram() as tg, FakeStarex() as starex:
         tg.fail("getMe", status=502)  # one failure; Telegram is fine a moment later

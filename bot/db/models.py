@@ -84,7 +84,7 @@ class StateEntry(Base):
 
     code: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     name: Mapped[str | None] = mapped_column(Text)
-    advanced: Mapped[str | None] = mapped_column(String(64))
+    advanced: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, onupdate=utcnow)
 
 

@@ -34,7 +34,7 @@ def upgrade() -> None:
         "states",
         sa.Column("code", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("name", sa.Text(), nullable=True),
-        sa.Column("advanced", sa.String(length=64), nullable=True),
+        sa.Column("advanced", sa.Text(), nullable=True),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_states")),
     )
