@@ -429,9 +429,10 @@ async def test_claim(session_factory: async_sessionmaker[AsyncSession]) -> None:
         assert row.attempts == 1
         assert row.next_attempt_at == now + timedelta(seconds=60)
         # Claimed rows are not due during the lease...
-        due_ids = [n.id for n in await repo.due_notifications(session, now, 100)]
-        assert target not in due_ids
-        assert len(due_ids) == 4
+        due = await repo.due_notifications(session, now, 100)
+        assert target not in [n.id for n in due]
+        # ...nor are the chat's other rows: they wait behind it, keeping the order.
+        assert [n.chat_id for n in due] == [2, 2]
         # ...and come back once it ran out (a crashed send is retried).
         later = now + timedelta(seconds=61)
         assert await repo.claim(session, target, later, lease_seconds=60) is True

@@ -207,6 +207,24 @@ async def test_retry_after_delays_only_that_chat(env: Env) -> None:
     assert b.at < retry.at and abs(b.at - first.at) < 0.5
     assert await notifier.drain_once() == 0
     assert len(env.tg.sent_calls(A)) == 1
+    # retry_after is Telegram's pacing, not the row's failure: no attempt is used up.
+    (row,) = [r for r in await rows(env) if r.chat_id == A]
+    assert row.attempts == 1
+
+
+async def test_order_kept_by_a_fresh_notifier_after_restart(env: Env) -> None:
+    await add_user(env, A, language="ru")
+    env.tg.fail("sendMessage", chat_id=A, status=502)
+    await add_event(env, 1, T)
+    assert await env.notifier(base_backoff=0.5).drain_once() == 0
+    # The process restarts: a new Notifier knows nothing of the wait...
+    await add_event(env, 5, T + HOUR)
+    restarted = env.notifier(base_backoff=0.5)
+    assert await restarted.drain_once() == 0  # ...the database makes the new change wait
+    async with running(restarted):
+        await env.tg.wait_for_messages(2, chat_id=A)
+    first, second = texts(env.tg, A)
+    assert "Новый" in first and "В пути" in second
 
 
 async def test_outage_is_retried_with_backoff_in_statetime_order(env: Env) -> None:

@@ -56,7 +56,10 @@ def create_engine(url: str) -> AsyncEngine:
     database = sa_url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(sa_url)
+    # One connection: SQLite has one writer at a time anyway, and waiting for the pool
+    # is a fair asyncio queue, where waiting on SQLite's lock is a busy-wait in a
+    # thread that starves under load (seconds-long webhook answers in bench/).
+    engine = create_async_engine(sa_url, pool_size=1, max_overflow=0, pool_timeout=15)
     event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
     return engine
 

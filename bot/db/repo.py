@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import DateTime, Integer, String, delete, exists, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import contains_eager, joinedload, with_expression
+from sqlalchemy.orm import aliased, contains_eager, joinedload, with_expression
 
 from bot.db.models import (
     STATUS_FAILED,
@@ -277,17 +277,28 @@ async def due_notifications(session: AsyncSession, now: datetime, limit: int) ->
     `.event` and `.user` are loaded; `.label` holds the subscription's label (None when
     it has none or the user unsubscribed since). Claim each row before sending it.
     """
+    now = to_naive_utc(now)
     label = (
         select(Subscription.label)
         .where(Subscription.chat_id == Notification.chat_id, Subscription.barcode == Event.barcode)
         .scalar_subquery()
+    )
+    # A chat with a row waiting (retry_after, backoff, or a lease while another worker
+    # sends it) sends nothing else meanwhile, so no change overtakes an earlier one,
+    # across restarts and processes alike.
+    waiting = aliased(Notification)
+    chat_waits = exists().where(
+        waiting.chat_id == Notification.chat_id,
+        waiting.status == STATUS_PENDING,
+        waiting.next_attempt_at > now,
     )
     result = await session.scalars(
         select(Notification)
         .join(Notification.event)
         .where(
             Notification.status == STATUS_PENDING,
-            Notification.next_attempt_at <= to_naive_utc(now),
+            Notification.next_attempt_at <= now,
+            ~chat_waits,
         )
         .order_by(Notification.chat_id, Event.statetime, Notification.id)
         .limit(limit)
@@ -336,13 +347,27 @@ async def mark_sent(session: AsyncSession, notification_id: int, now: datetime) 
 
 
 async def reschedule(
-    session: AsyncSession, notification_id: int, when: datetime, error: str | None
+    session: AsyncSession,
+    notification_id: int,
+    when: datetime,
+    error: str | None,
+    *,
+    refund_attempt: bool = False,
 ) -> None:
-    """Try a pending row again at `when`."""
+    """Try a pending row again at `when`. `refund_attempt` takes back the attempt its
+    claim counted (Telegram's retry_after is not the row's failure)."""
+    attempts = Notification.attempts - 1 if refund_attempt else Notification.attempts
     await session.execute(
         update(Notification)
         .where(Notification.id == notification_id, Notification.status == STATUS_PENDING)
-        .values(next_attempt_at=to_naive_utc(when), last_error=error)
+        .values(next_attempt_at=to_naive_utc(when), last_error=error, attempts=attempts)
+    )
+
+
+async def next_attempt_at(session: AsyncSession) -> datetime | None:
+    """When the earliest pending row is due (naive UTC), or None when none is pending."""
+    return await session.scalar(
+        select(func.min(Notification.next_attempt_at)).where(Notification.status == STATUS_PENDING)
     )
 
 

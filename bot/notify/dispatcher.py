@@ -77,10 +77,7 @@ class Notifier:
         self._base_backoff = base_backoff
         self._max_backoff = max_backoff
         self._batch_size = batch_size
-        # Chats waiting out a retry_after or backoff, until when (naive UTC, the very
-        # value written to their rows). A change queued meanwhile is due at once in the
-        # database; skipping the chat keeps it from overtaking the rows that wait.
-        self._held: dict[int, datetime] = {}
+        self._next_due: datetime | None = None  # earliest pending row, naive UTC
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -108,29 +105,28 @@ class Notifier:
                 await asyncio.wait_for(self._wakeup.wait(), self._idle_seconds())
 
     def _idle_seconds(self) -> float:
-        """Until the next poll, or sooner when a held chat's wait is over."""
-        if not self._held:
+        """Until the next poll, or sooner when a waiting row becomes due."""
+        if self._next_due is None:
             return self._poll_interval
-        soonest = (min(self._held.values()) - utcnow()).total_seconds()
-        return min(self._poll_interval, max(soonest, 0.0))
+        soonest = (self._next_due - utcnow()).total_seconds()
+        # Not 0: rows due now that were not sent wait behind a row of their chat.
+        return min(self._poll_interval, max(soonest, 0.05))
 
     async def drain_once(self) -> int:
         """Send every row due now; returns how many were delivered."""
-        now = utcnow()
-        # A hold that ran out is over: its rows carry the same time, so they are due too.
-        self._held = {chat: until for chat, until in self._held.items() if until > now}
         async with self._session_factory() as session:
-            due = await repo.due_notifications(session, now, self._batch_size)
+            due = await repo.due_notifications(session, utcnow(), self._batch_size)
             self._metrics.notifications_pending.set(await repo.count_pending(session))
         by_chat: dict[int, list[Notification]] = defaultdict(list)
         for row in due:
-            if row.chat_id not in self._held:
-                by_chat[row.chat_id].append(row)
+            by_chat[row.chat_id].append(row)
         # Let every chat finish before returning (stop() waits for this round), then
         # report the first failure; the rows it left claimed come back after the lease.
         results = await asyncio.gather(
             *(self._send_chat(rows) for rows in by_chat.values()), return_exceptions=True
         )
+        async with self._session_factory() as session:
+            self._next_due = await repo.next_attempt_at(session)
         delivered = 0
         for result in results:
             if isinstance(result, BaseException):
@@ -219,9 +215,8 @@ class Notifier:
             return "failed"
         when = utcnow() + timedelta(seconds=delay)
         async with self._session_factory() as session, session.begin():
-            await repo.reschedule(session, row.id, when, error)
+            await repo.reschedule(session, row.id, when, error, refund_attempt=not counts)
             await repo.postpone_chat(session, row.chat_id, when)
-        self._held[row.chat_id] = when
         return "retry"
 
     async def _gone(self, row: Notification, error: str) -> str:

@@ -31,6 +31,24 @@ def parse_subscribe_args(args: str) -> tuple[str | None, str | None]:
     return normalize(args), None
 
 
+async def add_subscription(
+    session_factory: async_sessionmaker[AsyncSession],
+    chat_id: int,
+    barcode: str,
+    label: str | None = None,
+) -> bool | None:
+    """True when new, False when already followed, None when over the cap.
+
+    Answers to the person are sent after the commit, never inside the transaction.
+    """
+    async with session_factory() as session, session.begin():
+        if not await repo.is_subscribed(session, chat_id, barcode) and (
+            await repo.count_subscriptions(session, chat_id) >= MAX_SUBSCRIPTIONS
+        ):
+            return None
+        return await repo.subscribe(session, chat_id, barcode, label)
+
+
 async def follow(
     message: Message,
     args: str,
@@ -43,19 +61,15 @@ async def follow(
     if barcode is None:
         await message.answer(barcode_hint(args.strip()))
         return
-    async with session_factory() as session, session.begin():
-        already = await repo.is_subscribed(session, message.chat.id, barcode)
-        if not already and await repo.count_subscriptions(session, message.chat.id) >= (
-            MAX_SUBSCRIPTIONS
-        ):
-            await message.answer(
-                _(
-                    "You already follow {count} parcels, the most I allow. "
-                    "Unsubscribe from delivered ones first (/list)."
-                ).format(count=MAX_SUBSCRIPTIONS)
-            )
-            return
-        created = await repo.subscribe(session, message.chat.id, barcode, label)
+    created = await add_subscription(session_factory, message.chat.id, barcode, label)
+    if created is None:
+        await message.answer(
+            _(
+                "You already follow {count} parcels, the most I allow. "
+                "Unsubscribe from delivered ones first (/list)."
+            ).format(count=MAX_SUBSCRIPTIONS)
+        )
+        return
     if created:
         head = _("🔔 You are following {barcode}. I will write on every status change.")
     else:
@@ -146,16 +160,14 @@ async def toggle_subscription(
         await query.answer()
         return
     subscribe = callback_data.action == "sub"
-    async with session_factory() as session, session.begin():
-        if subscribe:
-            if await repo.count_subscriptions(session, query.message.chat.id) >= MAX_SUBSCRIPTIONS:
-                await query.answer(
-                    _("You follow too many parcels. Unsubscribe from some first."),
-                    show_alert=True,
-                )
-                return
-            await repo.subscribe(session, query.message.chat.id, barcode)
-        else:
+    if subscribe:
+        if await add_subscription(session_factory, query.message.chat.id, barcode) is None:
+            await query.answer(
+                _("You follow too many parcels. Unsubscribe from some first."), show_alert=True
+            )
+            return
+    else:
+        async with session_factory() as session, session.begin():
             await repo.unsubscribe(session, query.message.chat.id, barcode)
     await query.answer(_("🔔 Subscribed") if subscribe else _("🔕 Unsubscribed"))
     if not isinstance(query.message, InaccessibleMessage):
