@@ -10,6 +10,7 @@ import pytest
 
 from bot.app import App
 from bot.db import repo
+from bot.telegram.routers.subscriptions import MAX_SUBSCRIPTIONS
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
 from tests.harness import make_settings, running
@@ -176,3 +177,17 @@ async def test_admin_command_only_for_admins(app: App, tg: FakeTelegram) -> None
 async def test_other_content_gets_a_hint(app: App, tg: FakeTelegram) -> None:
     (text,) = await ask(tg, "/nonsense")
     assert "AB123456789UZ" in text
+
+
+async def test_subscription_cap_is_polite(app: App, tg: FakeTelegram) -> None:
+    async with app.session_factory() as session, session.begin():
+        await repo.touch_user(session, CHAT, "en")
+        for n in range(MAX_SUBSCRIPTIONS):
+            await repo.subscribe(session, CHAT, f"CAP{n:06d}UZ")
+    (text,) = await ask(tg, f"/subscribe {BARCODE}")
+    assert str(MAX_SUBSCRIPTIONS) in text and "/list" in text
+    (again,) = await ask(tg, "/subscribe CAP000001UZ")  # one already followed: still fine
+    assert "already" in again
+    async with app.session_factory() as session:
+        assert await repo.count_subscriptions(session, CHAT) == MAX_SUBSCRIPTIONS
+        assert not await repo.is_subscribed(session, CHAT, BARCODE)
