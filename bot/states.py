@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
+from bot.i18n import Translator
 from bot.starex import StarexClient, StarexError
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,16 @@ class StateCatalog:
             if code not in self._states and not recently:
                 await self._refresh_locked()
         return self._states.get(code)
+
+    async def status_name(self, code: int, i18n: Translator, locale: str) -> str:
+        """`code` named for a person in `locale`; an unknown code refreshes first."""
+        info = await self.ensure(code)
+        return i18n.status_name(
+            code,
+            locale=locale,
+            name=info.name if info else None,
+            advanced=info.advanced if info else None,
+        )
 
     async def keep_fresh(self, *, interval: float = 3600.0, retry: float = 30.0) -> None:
         """Background task: retry soon while Starex is unreachable, then refresh hourly."""

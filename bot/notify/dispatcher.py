@@ -188,18 +188,11 @@ class Notifier:
     async def _render(self, row: Notification) -> str:
         event, user = row.event, row.user
         locale = self._i18n.choose_locale(user.language, user.language_code)
-        info = await self._catalog.ensure(event.state)
-        status = self._i18n.status_name(
-            event.state,
-            locale=locale,
-            name=info.name if info else None,
-            advanced=info.advanced if info else None,
-        )
         return render_notification(
             self._i18n,
             locale,
             barcode=event.barcode,
-            status=status,
+            status=await self._catalog.status_name(event.state, self._i18n, locale),
             when=utc_to_local(event.statetime, self._zone),
             label=row.label,
         )

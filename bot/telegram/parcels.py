@@ -95,18 +95,11 @@ class Parcels:
     async def stored_status(
         self, barcode: str, event: Event, locale: str, label: str | None
     ) -> str:
-        info = await self.catalog.ensure(event.state)
-        status = self.i18n.status_name(
-            event.state,
-            locale=locale,
-            name=info.name if info else None,
-            advanced=info.advanced if info else None,
-        )
         return render_status_line(
             self.i18n,
             locale,
             barcode=barcode,
-            status=status,
+            status=await self.catalog.status_name(event.state, self.i18n, locale),
             when=utc_to_local(event.statetime, self.zone),
             label=label,
         )
