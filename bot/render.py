@@ -12,7 +12,7 @@ from html import escape
 from zoneinfo import ZoneInfo
 
 from bot.i18n import Translator
-from bot.starex.models import Trace
+from bot.starex.models import Trace, TraceStep
 
 TELEGRAM_LIMIT = 4096
 # Outside text is cut before escaping so one absurd field cannot fill a message.
@@ -61,7 +61,7 @@ def split_blocks(blocks: Iterable[str], limit: int = TELEGRAM_LIMIT) -> list[str
     return messages
 
 
-StatusName = Callable[[int, str | None, str | None], str]
+StatusName = Callable[[TraceStep], str]
 
 
 def render_notification(
@@ -123,6 +123,6 @@ def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: Statu
     # else Starex's own order, which its document calls chronological
     for step in steps:
         when = format_time(step.statetime) if step.statetime else "—"
-        name = status_name(step.code, step.name, step.advanced)
+        name = status_name(step)
         blocks.append(f"{when} — <b>{esc(name)}</b>")
     return split_blocks(blocks)

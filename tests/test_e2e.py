@@ -83,8 +83,9 @@ async def test_health_and_metrics_endpoints(
     tmp_path, fakes: tuple[FakeTelegram, FakeStarex]
 ) -> None:
     tg, starex = fakes
-    settings = make_settings(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url,
-                             starex.base_url)
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
     async with running(settings), web_client(settings) as web:
         health = await web.get("/healthz")
         assert health.status_code == 200 and health.json() == {"status": "ok"}

@@ -33,9 +33,7 @@ def catalog(language: str):
 
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_every_msgid_in_code_is_translated(language: str) -> None:
-    translated = {
-        (m.context, m.id): m.string for m in catalog(language) if m.id and not m.fuzzy
-    }
+    translated = {(m.context, m.id): m.string for m in catalog(language) if m.id and not m.fuzzy}
     missing = [msgid for msgid in code_msgids() if not translated.get(msgid)]
     assert not missing, f"{language}: untranslated {missing}"
 

@@ -196,7 +196,7 @@ def test_long_trace_splits_under_limit_in_order(i18n: Translator) -> None:
             "trace": steps,
         }
     )
-    messages = render_trace(i18n, "en", trace, lambda code, name, adv: name or str(code))
+    messages = render_trace(i18n, "en", trace, lambda step: step.name or str(step.code))
     assert len(messages) > 1
     for message in messages:
         assert len(message) <= 4096

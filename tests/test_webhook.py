@@ -56,9 +56,7 @@ async def test_event_stored_and_queued_for_each_subscriber(app: App, client: Tes
     assert await count(app, Notification) == 2
 
 
-async def test_repeated_event_answers_200_and_queues_nothing(
-    app: App, client: TestClient
-) -> None:
+async def test_repeated_event_answers_200_and_queues_nothing(app: App, client: TestClient) -> None:
     for _ in range(3):
         assert (await client.post(URL, json=event())).status == 200
     responses = await asyncio.gather(*(client.post(URL, json=event()) for _ in range(30)))

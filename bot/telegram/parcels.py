@@ -61,14 +61,7 @@ class Parcels:
         found = await self.trace(barcode)
         if isinstance(found, str):
             return [found]
-        return render_trace(
-            self.i18n,
-            locale,
-            found,
-            lambda code, name, advanced: self.step_status(
-                TraceStep(code=code, name=name, advanced=advanced, statetime=None), locale
-            ),
-        )
+        return render_trace(self.i18n, locale, found, lambda step: self.step_status(step, locale))
 
     async def current(self, barcode: str, locale: str, label: str | None = None) -> str:
         """One parcel's current status; falls back to the last webhook we stored."""
