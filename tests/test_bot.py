@@ -191,3 +191,16 @@ async def test_subscription_cap_is_polite(app: App, tg: FakeTelegram) -> None:
     async with app.session_factory() as session:
         assert await repo.count_subscriptions(session, CHAT) == MAX_SUBSCRIPTIONS
         assert not await repo.is_subscribed(session, CHAT, BARCODE)
+
+
+async def test_slow_starex_does_not_block_other_users(
+    app: App, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    starex.delay = 2.0
+    tg.message(CHAT, f"/track {BARCODE}", language_code="en")
+    await asyncio.sleep(0.2)  # the look-up is under way
+    (help_reply,) = await ask(tg, "/help", chat=2002)
+    assert "/track" in help_reply
+    assert not tg.sent_messages(CHAT)  # the slow answer has not come yet...
+    (trace,) = await tg.wait_for_messages(1, chat_id=CHAT, timeout=10)
+    assert "A*** K***" in trace["text"]  # ...and then it does
