@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from bot.app import App, close, create_app
@@ -147,3 +149,40 @@ async def test_metrics_count_webhooks(app: App, client: TestClient) -> None:
     assert 'starex_webhooks_received_total{outcome="duplicate"} 1.0' in text
     assert 'starex_webhooks_rejected_total{reason="invalid"} 1.0' in text
     assert "notifications_pending" in text
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=12,
+)
+webhook_bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {"barcode": json_values | st.text(), "state": json_values, "statetime": json_values}
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_any_body_gets_200_400_or_413_never_500(app: App, client: TestClient) -> None:
+    seen: set[int] = set()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=webhook_bodies)
+    def probe(body: bytes) -> None:
+        # hypothesis drives a sync function; the app runs on this test's loop.
+        future = asyncio.run_coroutine_threadsafe(post(body), loop)
+        seen.add(future.result(timeout=10))
+
+    async def post(body: bytes) -> int:
+        response = await client.post(URL, data=body)
+        return response.status
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(probe)
+    assert seen <= {200, 400, 413}, seen
+    assert 400 in seen
+    assert (await client.get("/healthz")).status == 200
