@@ -17,13 +17,18 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramNetworkError,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.db.engine import create_engine, create_session_factory, ping, upgrade_database
 from bot.i18n import Translator
 from bot.metrics import Metrics
@@ -82,6 +87,8 @@ def create_app(
         str(settings.starex_base_url),
         settings.starex_login,
         settings.starex_password.get_secret_value(),
+        # One retry: a person waits for look-ups, and Starex retries its webhooks anyway.
+        retries=1,
         transport=starex_transport,
         on_request=metrics.observe_starex,
     )
@@ -175,8 +182,9 @@ def spawn(app: App, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
 
 def _forget(task: asyncio.Task[Any]) -> None:
     """A background task that died is reported when it dies, not at interpreter exit."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, ConfigError):  # run() reports those
+        log.error("background task failed", exc_info=error)
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
@@ -189,8 +197,12 @@ class RedactingAccessLogger(AbstractAccessLogger):
         self.logger.info("%s %s %s %.3fs", request.method, path, response.status, time)
 
 
+TOKEN_REFUSED = "BOT_TOKEN was refused by Telegram (401 Unauthorized): check the token"
+
+
 async def _prepare_telegram(app: App) -> None:
-    """Menus and webhook registration; Telegram being down must not stop start-up."""
+    """Menus and webhook registration; Telegram being down must not stop start-up,
+    a token it refuses must."""
     try:
         async with asyncio.timeout(TELEGRAM_SETUP_TIMEOUT):
             await set_bot_commands(app.bot, app.i18n)
@@ -203,6 +215,8 @@ async def _prepare_telegram(app: App) -> None:
                     secret_token=telegram_secret_token(app.settings),
                     allowed_updates=app.dp.resolve_used_update_types(),
                 )
+    except TelegramUnauthorizedError:
+        raise ConfigError(TOKEN_REFUSED) from None
     except (TelegramAPIError, TelegramNetworkError, TimeoutError) as exc:
         log.warning("Telegram set-up incomplete (%s); the bot goes on", exc or "timeout")
 
@@ -215,6 +229,8 @@ async def _poll(app: App) -> None:
         try:
             await app.bot.me()  # cached by aiogram once it succeeds
             break
+        except TelegramUnauthorizedError:
+            raise ConfigError(TOKEN_REFUSED) from None
         except (TelegramNetworkError, TelegramServerError) as exc:
             log.warning("Telegram unreachable (%s); retrying in %.0f s", exc, delay)
             await asyncio.sleep(delay)
@@ -234,7 +250,10 @@ async def _refresh_states(app: App) -> None:
 
 
 async def run(app: App, stop: asyncio.Event) -> None:
-    """Migrate, start everything, wait for `stop`, then shut down in order."""
+    """Migrate, start everything, wait for `stop`, then shut down in order.
+
+    Raises ConfigError when Telegram refuses the token: nothing would ever work.
+    """
     settings = app.settings
     if settings.starex_webhook_secret is None:
         log.warning(
@@ -245,32 +264,35 @@ async def run(app: App, stop: asyncio.Event) -> None:
 
     runner = web.AppRunner(app.web, access_log_class=RedactingAccessLogger, handle_signals=False)
     await runner.setup()
+    notifier_task = polling_task = None
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    log.info("web server listening on %s:%s", settings.host, settings.port)
-
-    # The cached dictionary serves meanwhile; names are looked up when rendering.
-    spawn(app, _refresh_states(app))
-    await _prepare_telegram(app)
-    notifier_task = spawn(app, app.notifier.run())
-    polling_task = spawn(app, _poll(app)) if app.polling else None
-    log.info("starex-bot started (%s)", "long polling" if app.polling else "Telegram webhook")
-
-    try:
-        await stop.wait()
+        log.info("web server listening on %s:%s", settings.host, settings.port)
+        # The cached dictionary serves meanwhile; names are looked up when rendering.
+        spawn(app, _refresh_states(app))
+        await _prepare_telegram(app)
+        notifier_task = spawn(app, app.notifier.run())
+        polling_task = spawn(app, _poll(app)) if app.polling else None
+        log.info("starex-bot started (%s)", "long polling" if app.polling else "Telegram webhook")
+        stopping = asyncio.ensure_future(stop.wait())
+        watched = {stopping} if polling_task is None else {stopping, polling_task}
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
     finally:
         log.info("shutting down")
         app.notifier.stop()
-        if polling_task is not None:
+        if polling_task is not None and not polling_task.done():
             with contextlib.suppress(RuntimeError):  # polling may not have started yet
                 await app.dp.stop_polling()
         await runner.cleanup()  # stop taking webhooks; in-flight requests finish
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(notifier_task), SHUTDOWN_GRACE)
+        if notifier_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(notifier_task), SHUTDOWN_GRACE)
         await close(app)
+    if polling_task is not None and polling_task.done() and not polling_task.cancelled():
+        polling_task.result()  # a refused token: raise it for the caller
 
 
 async def close(app: App) -> None:

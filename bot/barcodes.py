@@ -4,32 +4,48 @@ from __future__ import annotations
 
 import re
 
-# Starex barcodes look like AB123456789UZ; accept any latin letters and digits with
+# Starex barcodes look like AB123456789UZ; accept any Latin letters and digits with
 # at least one digit, 6..40 long, so that new series keep working.
-_VALID = re.compile(r"^(?=.*\d)[A-Z0-9]{6,40}$")
+_VALID = re.compile(r"(?=.*[0-9])[A-Z0-9]{6,40}")
+_IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kind
 _SEPARATORS = re.compile(r"[\s,;]+")
-_IGNORED = str.maketrans("", "", " -\u2010\u2011\u2012\u2013\u2014\t")
+# Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
+_AROUND = ".,;:!?()[]{}<>«»\"'`“”„‘’"
 
 
 def normalize(text: str) -> str | None:
     """One barcode as typed (spaces and dashes allowed) -> canonical form, or None."""
-    candidate = text.translate(_IGNORED).upper()
-    return candidate if _VALID.match(candidate) else None
+    candidate = _IGNORED.sub("", text)
+    # isascii first: upper() turns some letters into ASCII ones ("ﬀ" -> "FF").
+    if not candidate.isascii():
+        return None
+    candidate = candidate.upper()
+    return candidate if _VALID.fullmatch(candidate) else None
+
+
+def from_args(args: str) -> str | None:
+    """The barcode of a command's arguments: the first word when it is one (so
+    `/track AB123456789UZ please` works), else all of it (`AB 1234 5678 UZ`)."""
+    first = args.split(maxsplit=1)[0].strip(_AROUND) if args.strip() else ""
+    return normalize(first) or normalize(args.strip().strip(_AROUND))
 
 
 def split_barcodes(text: str) -> tuple[list[str], list[str]]:
     """A message with barcodes separated by spaces, commas or new lines.
 
-    Returns (valid barcodes in order without repeats, rejected tokens).
+    Returns (valid barcodes in order without repeats, rejected tokens that look like
+    an attempt at a barcode: words without a digit are just words).
     """
     valid: list[str] = []
     rejected: list[str] = []
     for token in _SEPARATORS.split(text):
+        token = token.strip(_AROUND)
         if not token:
             continue
         barcode = normalize(token)
-        if barcode is None:
+        if barcode is not None:
+            if barcode not in valid:
+                valid.append(barcode)
+        elif any(ch.isdigit() for ch in token):
             rejected.append(token)
-        elif barcode not in valid:
-            valid.append(barcode)
     return valid, rejected

@@ -146,6 +146,9 @@ def main() -> int:  # the console script; its return value is the exit code
         # configuration error above must be reported at once.
         importlib.import_module("bot.app")
         asyncio.run(serve(settings))
+    except ConfigError as exc:  # found only at run time, e.g. a token Telegram refuses
+        log.error("configuration error: %s", exc)
+        return 2
     except Exception as exc:
         report_failure(exc, settings)
         return 1

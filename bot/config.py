@@ -14,6 +14,7 @@ LANGUAGES = ("ru", "uz", "en")
 # The async drivers the engine supports, by backend. Checked by hand, not with
 # SQLAlchemy's make_url: importing SQLAlchemy would delay every configuration error.
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 _URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
 
 
@@ -42,6 +43,21 @@ class Settings(BaseSettings):
     def _not_empty(cls, value: SecretStr) -> SecretStr:
         if not value.get_secret_value().strip():
             raise ValueError("must not be empty")
+        return value
+
+    @field_validator("bot_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr) -> SecretStr:
+        # What @BotFather issues: `<bot id>:<secret>`; aiogram would raise deep inside.
+        if not _TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError("must look like 123456789:AAE... (the token from @BotFather)")
+        return value
+
+    @field_validator("telegram_webhook_url")
+    @classmethod
+    def _https(cls, value: AnyHttpUrl | None) -> AnyHttpUrl | None:
+        if value is not None and value.scheme != "https":
+            raise ValueError("must be an https:// URL (Telegram delivers webhooks over HTTPS)")
         return value
 
     @field_validator("starex_webhook_secret", "telegram_webhook_url", mode="before")
@@ -116,12 +132,16 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        missing = [str(e["loc"][0]).upper() for e in errors if e["type"] == "missing"]
+        if missing:  # all at once: a newcomer should not find them one run at a time
+            verb = "is" if len(missing) == 1 else "are"
+            raise ConfigError(f"{', '.join(missing)} {verb} required but not set") from None
+        first = errors[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "configuration"
-        if first["type"] == "missing":
-            raise ConfigError(f"{name} is required but not set") from None
         # Never echo the input: it may be a secret.
-        raise ConfigError(f"{name} is invalid: {first['msg']}") from None
+        reason = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name} is invalid: {reason}") from None
     except UnicodeDecodeError:
         raise ConfigError(".env is not valid UTF-8 text") from None
     except OSError as exc:

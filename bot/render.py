@@ -11,6 +11,8 @@ from functools import partial
 from html import escape
 from zoneinfo import ZoneInfo
 
+from babel.numbers import format_decimal
+
 from bot.i18n import Translator
 from bot.starex.models import Trace, TraceStep
 
@@ -111,7 +113,8 @@ def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: Statu
     if trace.date:
         header.append(_("Accepted: {date}").format(date=format_time(trace.date)))
     if trace.weight is not None:
-        header.append(_("Weight: {weight} kg").format(weight=f"{trace.weight:g}"))
+        weight = format_decimal(trace.weight, locale=locale)  # 1,5 in ru and uz
+        header.append(_("Weight: {weight} kg").format(weight=weight))
     if trace.recipient:
         header.append(_("Recipient: {name}").format(name=esc(mask_name(trace.recipient))))
     blocks = ["\n".join(header)]

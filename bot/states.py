@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
 from bot.i18n import Translator
-from bot.starex import StarexClient, StarexError
+from bot.starex import StarexAuthError, StarexClient, StarexError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class StateCatalog:
                 states = await self._starex.get_states()
         except TimeoutError:
             log.warning("status dictionary not refreshed: no answer in %.0f s", self._timeout)
+            return False
+        except StarexAuthError:
+            log.error("Starex refused our credentials: check STAREX_LOGIN and STAREX_PASSWORD")
             return False
         except StarexError as exc:
             log.warning("status dictionary not refreshed: %s", exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -87,6 +88,15 @@ async def test_ping_disposed_sqlite_folder_gone(tmp_path: Path) -> None:
         assert await ping(engine) is False
     finally:
         await engine.dispose()
+    # aiosqlite stops the failed connection's thread through a future of this loop;
+    # let it finish before the loop closes, or its thread raises in a later test.
+    for _ in range(100):
+        if not any(
+            "_connection_worker_thread" in repr(getattr(t, "_target", None))
+            for t in threading.enumerate()
+        ):
+            break
+        await asyncio.sleep(0.02)
 
 
 async def test_upgrade_database_on_migrated_engine_is_noop(

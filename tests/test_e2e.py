@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bot.app import telegram_secret_token
+from bot.app import create_app, run, telegram_secret_token
+from bot.config import ConfigError
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
 from tests.harness import make_settings, running, web_client
@@ -95,3 +96,17 @@ async def test_health_and_metrics_endpoints(
     with pytest.raises(httpx.TransportError):
         async with web_client(settings) as web:
             await web.get("/healthz")  # stopped: nothing listens any more
+
+
+async def test_token_refused_by_telegram_stops_with_a_clear_error(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    tg, starex = fakes
+    tg.fail(None, status=401, description="Unauthorized", times=None)
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    app = create_app(settings)
+    with pytest.raises(ConfigError, match="BOT_TOKEN"):
+        await asyncio.wait_for(run(app, asyncio.Event()), 20)
+    assert "Traceback" not in caplog.text

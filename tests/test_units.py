@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.barcodes import normalize, split_barcodes
+from bot.barcodes import from_args, normalize, split_barcodes
 from bot.i18n import Translator, map_language_code
 from bot.render import esc, mask_name, render_notification, render_trace, split_blocks
 from bot.starex.models import Trace
@@ -42,9 +42,32 @@ def test_normalize(typed: str, expected: str | None) -> None:
 
 
 def test_split_barcodes_keeps_order_and_drops_repeats() -> None:
-    valid, rejected = split_barcodes("ab123456789uz, CD987654321UZ\nab-123456789-uz junk")
+    valid, rejected = split_barcodes("ab123456789uz, CD987654321UZ\nab-123456789-uz junk 12-ab")
     assert valid == ["AB123456789UZ", "CD987654321UZ"]
-    assert rejected == ["junk"]
+    assert rejected == ["12-ab"]  # a word without digits is just a word
+
+
+def test_split_barcodes_in_a_sentence() -> None:
+    assert split_barcodes("Где моя посылка AB123456789UZ?") == (["AB123456789UZ"], [])
+    assert split_barcodes("«ab123456789uz». (CD987654321UZ)")[0] == [
+        "AB123456789UZ",
+        "CD987654321UZ",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("AB123456789UZ please", "AB123456789UZ"),
+        ("AB 1234 5678 9UZ", "AB123456789UZ"),
+        ("ab123456789uz.", "AB123456789UZ"),
+        ("hello there", None),
+        ("ﬀ123456789", None),  # a ligature upper() would turn into "FF"
+        ("AB123456789UZ\n", "AB123456789UZ"),
+    ],
+)
+def test_from_args(args: str, expected: str | None) -> None:
+    assert from_args(args) == expected
 
 
 def body(**fields: object) -> bytes:
@@ -91,6 +114,10 @@ def test_parse_event_accepts_lenient_forms(fields: dict, expected: object) -> No
         body(statetime=""),
         body(statetime="15.06.2026 14:30"),
         body(statetime="2026-06-15"),
+        body(statetime="9999-12-31 23:59:59"),  # would make every real change stale
+        body(state="١٢"),  # Arabic-Indic digits
+        body(state=" 12"),
+        body(barcode="ﬀ123456789"),
         json.dumps({"state": 1}).encode(),
     ],
 )

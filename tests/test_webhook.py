@@ -153,8 +153,9 @@ async def test_metrics_count_webhooks(app: App, client: TestClient) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=12,
 )
 webhook_bodies = st.one_of(
@@ -186,3 +187,26 @@ async def test_any_body_gets_200_400_or_413_never_500(app: App, client: TestClie
     assert seen <= {200, 400, 413}, seen
     assert 400 in seen
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_body_arriving_in_pieces_is_read_whole(app: App, client: TestClient) -> None:
+    raw = json.dumps(event()).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:  # chunked, with a pause mid-body
+        yield raw[:20]
+        await asyncio.sleep(0.2)
+        yield raw[20:]
+
+    response = await client.post(URL, data=pieces(), headers={"Content-Type": "application/json"})
+    assert response.status == 200
+    assert await count(app, Event) == 1
+
+
+async def test_huge_chunked_body_is_413(app: App, client: TestClient) -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(40):  # 2.5 MB, no Content-Length
+            yield b" " * 65536
+
+    response = await client.post(URL, data=endless())
+    assert response.status == 413
+    assert await count(app, Event) == 0

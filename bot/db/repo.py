@@ -247,6 +247,14 @@ async def latest_event(session: AsyncSession, barcode: str) -> Event | None:
     )
 
 
+async def events_for(session: AsyncSession, barcode: str) -> list[Event]:
+    """Every stored change of a barcode, oldest first (the history when Starex is down)."""
+    result = await session.scalars(
+        select(Event).where(Event.barcode == barcode).order_by(Event.statetime, Event.id)
+    )
+    return list(result)
+
+
 async def latest_events(session: AsyncSession, barcodes: Iterable[str]) -> dict[str, Event]:
     """Latest event per barcode; barcodes without events are absent from the result."""
     wanted = set(barcodes)

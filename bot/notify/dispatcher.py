@@ -153,8 +153,15 @@ class Notifier:
         async with self._session_factory() as session, session.begin():
             if not await repo.claim(session, row.id, utcnow(), self._lease.total_seconds()):
                 return "taken"
-        text = await self._render(row)
-        await self._limiter.acquire()
+        try:
+            text = await self._render(row)
+            await self._limiter.acquire()
+        except asyncio.CancelledError:
+            # Shut down before the send began: hand the row back at once rather than
+            # letting it wait out the lease. (Once sending, it must wait: Telegram may
+            # have it, and nobody gets a change twice.)
+            await asyncio.shield(self._release(row))
+            raise
         try:
             await self._bot.send_message(row.chat_id, text)
         except TelegramRetryAfter as exc:
@@ -211,6 +218,10 @@ class Notifier:
             await repo.reschedule(session, row.id, when, error, refund_attempt=not counts)
             await repo.postpone_chat(session, row.chat_id, when)
         return "retry"
+
+    async def _release(self, row: Notification) -> None:
+        async with self._session_factory() as session, session.begin():
+            await repo.reschedule(session, row.id, utcnow(), row.last_error, refund_attempt=True)
 
     async def _gone(self, row: Notification, error: str) -> str:
         self._metrics.notifications_failed.labels("blocked").inc()

@@ -12,7 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.db import repo
 from bot.db.models import Event
 from bot.i18n import Translator
-from bot.render import esc, render_status_line, render_trace, utc_to_local
+from bot.render import (
+    esc,
+    format_time,
+    render_status_line,
+    render_trace,
+    split_blocks,
+    utc_to_local,
+)
 from bot.starex import (
     StarexAuthError,
     StarexClient,
@@ -24,6 +31,14 @@ from bot.starex import (
 from bot.states import StateCatalog
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why there is no trace, as a sentence for the person."""
+
+    text: str
+    not_found: bool = False
 
 
 @dataclass(slots=True)
@@ -43,28 +58,48 @@ class Parcels:
             advanced=step.advanced or (known.advanced if known else None),
         )
 
-    async def trace(self, barcode: str) -> Trace | str:
-        """The trace, or a localized sentence saying why there is none."""
+    async def trace(self, barcode: str) -> Trace | Failure:
         try:
             return await self.starex.get_trace(barcode)
         except StarexNotFound:
-            return _("Parcel {barcode} was not found at Starex. Please check the barcode.").format(
-                barcode=f"<b>{esc(barcode)}</b>"
+            return Failure(
+                _("Parcel {barcode} was not found at Starex. Please check the barcode.").format(
+                    barcode=f"<b>{esc(barcode)}</b>"
+                ),
+                not_found=True,
             )
         except StarexAuthError:
-            log.error("Starex refused our credentials: check STAREX_LOGIN / STAREX_PASSWORD")
+            log.error("Starex refused our credentials: check STAREX_LOGIN and STAREX_PASSWORD")
         except StarexError as exc:
             log.warning("Starex look-up of %s failed: %s", barcode, exc)
-        return _("Starex is not answering right now. Please try again in a few minutes.")
+        return Failure(_("Starex is not answering right now. Please try again in a few minutes."))
 
     async def history(self, barcode: str, locale: str) -> list[str]:
+        """The full history from Starex; while Starex is down, the changes we stored."""
         found = await self.trace(barcode)
-        if isinstance(found, str):
-            return [found]
-        return render_trace(self.i18n, locale, found, lambda step: self.step_status(step, locale))
+        if isinstance(found, Trace):
+            return render_trace(
+                self.i18n, locale, found, lambda step: self.step_status(step, locale)
+            )
+        if found.not_found:
+            return [found.text]
+        async with self.session_factory() as session:
+            events = await repo.events_for(session, barcode)
+        if not events:
+            return [found.text]
+        blocks = [f"📦 <b>{esc(barcode)}</b>", f"<i>{found.text}</i>"]
+        for event in events:
+            name = await self.catalog.status_name(event.state, self.i18n, locale)
+            when = format_time(utc_to_local(event.statetime, self.zone))
+            blocks.append(f"{when} — <b>{esc(name)}</b>")
+        return split_blocks(blocks)
 
-    async def current(self, barcode: str, locale: str, label: str | None = None) -> str:
-        """One parcel's current status; falls back to the last webhook we stored."""
+    async def current(
+        self, barcode: str, locale: str, label: str | None = None, *, missing: str | None = None
+    ) -> str:
+        """One parcel's current status; falls back to the last webhook we stored.
+        `missing` replaces the "not found" sentence (a new subscription may precede
+        the parcel's registration at Starex)."""
         found = await self.trace(barcode)
         if isinstance(found, Trace):
             step = found.steps[-1] if found.steps else None
@@ -81,9 +116,10 @@ class Parcels:
             )
         async with self.session_factory() as session:
             event = await repo.latest_event(session, barcode)
-        if event is None:
-            return found
-        return f"{await self.stored_status(barcode, event, locale, label)}\n<i>{found}</i>"
+        if event is not None:
+            status = await self.stored_status(barcode, event, locale, label)
+            return status if found.not_found else f"{status}\n<i>{found.text}</i>"
+        return missing if found.not_found and missing else found.text
 
     async def stored_status(
         self, barcode: str, event: Event, locale: str, label: str | None

@@ -53,12 +53,15 @@ class StarexWebhook:
                 return self._reject(404, "secret", "not found")
         if request.content_length is not None and request.content_length > MAX_BODY:
             return self._reject(413, "too_large", "body is larger than 64 KiB")
-        body = await request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return self._reject(413, "too_large", "body is larger than 64 KiB")
+        # The whole body, however it arrives (pieces, chunked), never more than the limit.
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return self._reject(413, "too_large", "body is larger than 64 KiB")
 
         try:
-            event = parse_event(body, self._zone)
+            event = parse_event(bytes(body), self._zone)
         except BadPayload as exc:
             log.debug("webhook rejected: %s", exc)
             return self._reject(400, "invalid", str(exc))

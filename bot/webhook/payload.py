@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.barcodes import normalize
 
 MAX_BODY = 64 * 1024
-_DIGITS = re.compile(r"^\s*\d{1,9}\s*$")
+MAX_CLOCK_SKEW = timedelta(days=1)
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: \d would take "١٢"
 
 
 class BadPayload(ValueError):
@@ -54,7 +55,7 @@ def _state(value: object) -> int:
         if 0 <= value < 10**9:
             return value
         raise BadPayload("state is out of range")
-    if isinstance(value, str) and _DIGITS.match(value):
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         return int(value)
     raise BadPayload("state must be an integer")
 
@@ -73,6 +74,10 @@ def _statetime(value: object, zone: ZoneInfo) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=zone)
     try:
-        return moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+        moment = moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
     except OverflowError:  # year 1 or 9999 shifted past the calendar
         raise BadPayload("statetime is out of range") from None
+    # A change from the far future would make every real later one look stale.
+    if moment > datetime.now(UTC).replace(tzinfo=None) + MAX_CLOCK_SKEW:
+        raise BadPayload("statetime is in the future")
+    return moment

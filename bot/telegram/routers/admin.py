@@ -24,5 +24,5 @@ async def stats(message: Message, session_factory: async_sessionmaker[AsyncSessi
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(stats, Command("stats"), is_admin)
+    router.message.register(stats, Command("stats", ignore_case=True), is_admin)
     return router

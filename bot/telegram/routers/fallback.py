@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from aiogram import Router
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 
 
@@ -15,7 +15,13 @@ async def anything_else(message: Message) -> None:
     )
 
 
+async def stale_button(query: CallbackQuery) -> None:
+    """A button from an old keyboard: stop the spinner, say nothing."""
+    await query.answer()
+
+
 def create_router() -> Router:
     router = Router(name=__name__)
     router.message.register(anything_else)
+    router.callback_query.register(stale_button)
     return router

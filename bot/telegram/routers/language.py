@@ -42,6 +42,6 @@ async def language_chosen(
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(language_command, Command("language"))
+    router.message.register(language_command, Command("language", ignore_case=True))
     router.callback_query.register(language_chosen, LanguageChoice.filter())
     return router

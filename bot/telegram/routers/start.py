@@ -43,5 +43,5 @@ def create_router() -> Router:
     router = Router(name=__name__)
     router.message.register(start_with_barcode, CommandStart(deep_link=True))
     router.message.register(start, CommandStart())
-    router.message.register(help_, Command("help"))
+    router.message.register(help_, Command("help", ignore_case=True))
     return router

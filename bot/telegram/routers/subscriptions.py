@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import asyncio
+
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InaccessibleMessage, Message
+from aiogram.utils.chat_action import ChatActionSender
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.barcodes import normalize
+from bot.barcodes import from_args, normalize
 from bot.db import repo
+from bot.db.models import Subscription
 from bot.render import esc, render_status_line, split_blocks
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
@@ -74,7 +78,12 @@ async def follow(
         head = _("🔔 You are following {barcode}. I will write on every status change.")
     else:
         head = _("You are already following {barcode}.")
-    status = await parcels.current(barcode, locale, label)
+    status = await parcels.current(
+        barcode,
+        locale,
+        label,
+        missing=_("Starex does not know this barcode yet. I will write as soon as it appears."),
+    )
     await message.answer(
         head.format(barcode=f"<b>{esc(barcode)}</b>") + "\n\n" + status,
         reply_markup=parcel_keyboard(barcode, subscribed=True),
@@ -102,7 +111,7 @@ async def unsubscribe_command(
     if not command.args:
         await message.answer(usage("unsubscribe"))
         return
-    barcode = normalize(command.args)
+    barcode = from_args(command.args)
     if barcode is None:
         await message.answer(barcode_hint(command.args.strip()))
         return
@@ -130,22 +139,31 @@ async def list_command(
             _("You are not following any parcels yet. Send /subscribe with a barcode.")
         )
         return
-    blocks = [_("Parcels you follow ({count}):").format(count=len(subscriptions))]
-    for sub in subscriptions:
+    # Stored webhooks answer at once; barcodes without any ask Starex, a few at a time.
+    lookups = asyncio.Semaphore(5)
+
+    async def line(sub: Subscription) -> str:
         event = latest.get(sub.barcode)
-        if event is None:
-            blocks.append(
-                render_status_line(
+        if event is not None:
+            return await parcels.stored_status(sub.barcode, event, locale, sub.label)
+        async with lookups:
+            return await parcels.current(
+                sub.barcode,
+                locale,
+                sub.label,
+                missing=render_status_line(
                     parcels.i18n,
                     locale,
                     barcode=sub.barcode,
                     status=None,
                     when=None,
                     label=sub.label,
-                )
+                ),
             )
-        else:
-            blocks.append(await parcels.stored_status(sub.barcode, event, locale, sub.label))
+
+    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+        lines = await asyncio.gather(*(line(sub) for sub in subscriptions))
+    blocks = [_("Parcels you follow ({count}):").format(count=len(subscriptions)), *lines]
     for text in split_blocks(blocks):
         await message.answer(text)
 
@@ -178,9 +196,9 @@ async def toggle_subscription(
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(subscribe_command, Command("subscribe"))
-    router.message.register(unsubscribe_command, Command("unsubscribe"))
-    router.message.register(list_command, Command("list"))
+    router.message.register(subscribe_command, Command("subscribe", ignore_case=True))
+    router.message.register(unsubscribe_command, Command("unsubscribe", ignore_case=True))
+    router.message.register(list_command, Command("list", ignore_case=True))
     router.callback_query.register(
         toggle_subscription, ParcelAction.filter(F.action.in_({"sub", "unsub"}))
     )

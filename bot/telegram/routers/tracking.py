@@ -5,10 +5,11 @@ import asyncio
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
+from aiogram.utils.chat_action import ChatActionSender
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.barcodes import normalize, split_barcodes
+from bot.barcodes import from_args, normalize, split_barcodes
 from bot.db import repo
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
@@ -18,7 +19,9 @@ MAX_BARCODES_PER_MESSAGE = 10
 
 
 async def send_history(message: Message, parcels: Parcels, barcode: str, locale: str) -> None:
-    for text in await parcels.history(barcode, locale):
+    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+        texts = await parcels.history(barcode, locale)
+    for text in texts:
         await message.answer(text)
 
 
@@ -28,7 +31,7 @@ async def track_command(
     if not command.args:
         await message.answer(usage("track"))
         return
-    barcode = normalize(command.args)
+    barcode = from_args(command.args)
     if barcode is None:
         await message.answer(barcode_hint(command.args.strip()))
         return
@@ -57,7 +60,8 @@ async def barcodes_in_text(
     shown = barcodes[:MAX_BARCODES_PER_MESSAGE]
     async with session_factory() as session:
         followed = {s.barcode for s in await repo.list_subscriptions(session, message.chat.id)}
-    statuses = await asyncio.gather(*(parcels.current(b, locale) for b in shown))
+    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+        statuses = await asyncio.gather(*(parcels.current(b, locale) for b in shown))
     for barcode, status in zip(shown, statuses, strict=True):
         await message.answer(
             status, reply_markup=parcel_keyboard(barcode, subscribed=barcode in followed)
@@ -68,11 +72,13 @@ async def barcodes_in_text(
                 count=MAX_BARCODES_PER_MESSAGE
             )
         )
+    for token in rejected[:3]:
+        await message.answer(barcode_hint(token))
 
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(track_command, Command("track"))
+    router.message.register(track_command, Command("track", ignore_case=True))
     router.callback_query.register(trace_button, ParcelAction.filter(F.action == "trace"))
     router.message.register(barcodes_in_text, F.text, ~F.text.startswith("/"))
     return router
