@@ -204,3 +204,13 @@ async def test_slow_starex_does_not_block_other_users(
     assert not tg.sent_messages(CHAT)  # the slow answer has not come yet...
     (trace,) = await tg.wait_for_messages(1, chat_id=CHAT, timeout=10)
     assert "A*** K***" in trace["text"]  # ...and then it does
+
+
+async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: FakeTelegram) -> None:
+    await ask(tg, "/start")
+    async with app.session_factory() as session, session.begin():
+        await repo.deactivate_user(session, CHAT)  # as the dispatcher does on a 403
+    await ask(tg, "/start")
+    async with app.session_factory() as session:
+        user = await repo.get_user(session, CHAT)
+    assert user is not None and user.is_active
