@@ -11,6 +11,8 @@ _IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kin
 _SEPARATORS = re.compile(r"[\s,;]+")
 # Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
 _AROUND = ".,;:!?()[]{}<>«»\"'`“”„‘’"
+# One group of a barcode typed in pieces: digits in it, or a 2-3 letter prefix/suffix.
+_GROUP = re.compile(r"[A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Za-z]{1,3}")
 
 
 def normalize(text: str) -> str | None:
@@ -23,11 +25,22 @@ def normalize(text: str) -> str | None:
     return candidate if _VALID.fullmatch(candidate) else None
 
 
-def from_args(args: str) -> str | None:
-    """The barcode of a command's arguments: the first word when it is one (so
-    `/track AB123456789UZ please` works), else all of it (`AB 1234 5678 UZ`)."""
-    first = args.split(maxsplit=1)[0].strip(_AROUND) if args.strip() else ""
-    return normalize(first) or normalize(args.strip().strip(_AROUND))
+def from_args(args: str) -> tuple[str | None, str | None]:
+    """A command's arguments -> (barcode, the words after it).
+
+    `AB 1234 5678 UZ` and `ab-1234 5678-9uz` are one barcode typed in groups: every
+    word is a short group of letters and digits. Otherwise the first word is the
+    barcode and the rest are words (`AB123456789UZ please`, a label).
+    """
+    words = args.split()
+    if not words:
+        return None, None
+    if all(_GROUP.fullmatch(word) for word in words):
+        whole = normalize("".join(words))
+        if whole is not None:
+            return whole, None
+    rest = " ".join(words[1:]) or None
+    return normalize(words[0].strip(_AROUND)), rest
 
 
 def split_barcodes(text: str) -> tuple[list[str], list[str]]:

@@ -58,15 +58,18 @@ def test_split_barcodes_in_a_sentence() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        ("AB123456789UZ please", "AB123456789UZ"),
-        ("AB 1234 5678 9UZ", "AB123456789UZ"),
-        ("ab123456789uz.", "AB123456789UZ"),
-        ("hello there", None),
-        ("ﬀ123456789", None),  # a ligature upper() would turn into "FF"
-        ("AB123456789UZ\n", "AB123456789UZ"),
+        ("AB123456789UZ please", ("AB123456789UZ", "please")),
+        ("AB123456789UZ Gift 2 mum", ("AB123456789UZ", "Gift 2 mum")),
+        ("AB 1234 5678 9UZ", ("AB123456789UZ", None)),
+        ("ab-1234 5678 9uz", ("AB123456789UZ", None)),
+        ("ab123456789uz.", ("AB123456789UZ", None)),
+        ("hello there", (None, "there")),
+        ("ﬀ123456789", (None, None)),  # a ligature upper() would turn into "FF"
+        ("AB123456789UZ\n", ("AB123456789UZ", None)),
+        ("", (None, None)),
     ],
 )
-def test_from_args(args: str, expected: str | None) -> None:
+def test_from_args(args: str, expected: tuple[str | None, str | None]) -> None:
     assert from_args(args) == expected
 
 

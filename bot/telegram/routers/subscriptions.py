@@ -21,20 +21,6 @@ MAX_SUBSCRIPTIONS = 50
 MAX_LABEL = 64
 
 
-def parse_subscribe_args(args: str) -> tuple[str | None, str | None]:
-    """`AB123456789UZ Gift for mum` -> barcode and label; `AB 1234 5678 UZ` -> barcode.
-
-    The first word is the barcode when it is one; otherwise the whole text with
-    spaces removed (a barcode typed in groups) is tried, without a label.
-    """
-    first, _sep, rest = args.strip().partition(" ")
-    barcode = normalize(first)
-    if barcode is not None:
-        label = " ".join(rest.split())[:MAX_LABEL] or None
-        return barcode, label
-    return normalize(args), None
-
-
 async def add_subscription(
     session_factory: async_sessionmaker[AsyncSession],
     chat_id: int,
@@ -61,7 +47,8 @@ async def follow(
     locale: str,
 ) -> None:
     """Subscribe the chat and show the parcel's current status (/subscribe, deep link)."""
-    barcode, label = parse_subscribe_args(args)
+    barcode, label = from_args(args)  # `/subscribe AB123456789UZ Gift for mum`
+    label = label[:MAX_LABEL] if label else None
     if barcode is None:
         await message.answer(barcode_hint(args.strip()))
         return
@@ -111,7 +98,7 @@ async def unsubscribe_command(
     if not command.args:
         await message.answer(usage("unsubscribe"))
         return
-    barcode = from_args(command.args)
+    barcode, _rest = from_args(command.args)
     if barcode is None:
         await message.answer(barcode_hint(command.args.strip()))
         return

@@ -31,7 +31,7 @@ async def track_command(
     if not command.args:
         await message.answer(usage("track"))
         return
-    barcode = from_args(command.args)
+    barcode, _rest = from_args(command.args)
     if barcode is None:
         await message.answer(barcode_hint(command.args.strip()))
         return
