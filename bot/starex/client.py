@@ -169,8 +169,14 @@ class StarexClient:
             result = await self._fetch(path, params, parse)
         except StarexError as exc:
             self._report(endpoint, started, exc.kind)
-            logger.warning(
-                "Starex %s request failed: %s (HTTP status %s)", endpoint, exc.detail, exc.status
+            # A barcode Starex does not know is a person's typo, not Starex failing.
+            level = logging.INFO if isinstance(exc, StarexNotFound) else logging.WARNING
+            logger.log(
+                level,
+                "Starex %s request failed: %s (HTTP status %s)",
+                endpoint,
+                exc.detail,
+                exc.status,
             )
             raise
         self._report(endpoint, started, None)
