@@ -78,6 +78,7 @@ def create_app(
     settings: Settings,
     *,
     starex_transport: httpx.AsyncBaseTransport | None = None,
+    starex_timeout: float = 10.0,
     notifier_options: dict[str, Any] | None = None,
 ) -> App:
     engine = create_engine(settings.database_url)
@@ -89,6 +90,7 @@ def create_app(
         settings.starex_password.get_secret_value(),
         # One retry: a person waits for look-ups, and Starex retries its webhooks anyway.
         retries=1,
+        timeout=starex_timeout,
         transport=starex_transport,
         on_request=metrics.observe_starex,
     )

@@ -25,6 +25,7 @@ class FakeStarex:
         self.states: list[dict[str, Any]] = list(DEFAULT_STATES)
         self.traces: dict[str, dict[str, Any]] = {}
         self.fault: tuple[int, str] | None = None  # (status, body) answered to everything
+        self.fault_type = "text/html"  # the fault body's content type
         self.delay = 0.0
         self.requests: list[str] = []
         app = web.Application()
@@ -67,7 +68,7 @@ class FakeStarex:
             await asyncio.sleep(self.delay)
         if self.fault is not None:
             status, text = self.fault
-            return web.Response(status=status, text=text, content_type="text/html")
+            return web.Response(status=status, text=text, content_type=self.fault_type)
         expected = "Basic " + base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode()
         if request.headers.get("Authorization") != expected:
             return web.json_response(

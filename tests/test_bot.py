@@ -4,12 +4,14 @@ real httpx against the fake Starex, a real database."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bot.app import App
 from bot.db import repo
+from bot.telegram.parcels import LOOKUPS_PER_MINUTE
 from bot.telegram.routers.subscriptions import MAX_SUBSCRIPTIONS
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
@@ -214,3 +216,147 @@ async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: Fake
     async with app.session_factory() as session:
         user = await repo.get_user(session, CHAT)
     assert user is not None and user.is_active
+
+
+# --- Starex failing ------------------------------------------------------------------
+
+UNAVAILABLE = {
+    "en": "Starex is not answering right now",
+    "ru": "Starex сейчас не отвечает",
+}
+ENVELOPE_422 = '{"success": false, "error": {"code": 422, "message": "Order not found"}}'
+ENVELOPE_401 = '{"success": false, "error": {"code": 401, "message": "Unauthorized"}}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "logged", "level", "says"),
+    [
+        (401, ENVELOPE_401, "application/json", "401", logging.ERROR, "down"),
+        (200, ENVELOPE_422, "application/json", "422", logging.INFO, "not found"),
+        (422, ENVELOPE_422, "application/json", "422", logging.INFO, "not found"),
+        (500, "<html><b>Internal error</b></html>", "text/html", "500", logging.WARNING, "down"),
+        (502, "Bad Gateway", "text/plain", "502", logging.WARNING, "down"),
+        (200, "", "application/json", "200", logging.WARNING, "down"),
+        (200, "<html>maintenance</html>", "text/html", "200", logging.WARNING, "down"),
+    ],
+    ids=["401", "422-in-200", "422", "500-html", "502", "empty-200", "html-200"],
+)
+async def test_each_starex_failure_is_a_friendly_sentence_and_a_logged_status(
+    app: App,
+    tg: FakeTelegram,
+    starex: FakeStarex,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    body: str,
+    content_type: str,
+    logged: str,
+    level: int,
+    says: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    starex.fault, starex.fault_type = (status, body), content_type
+    (en,) = await ask(tg, f"/track {BARCODE}")
+    (ru,) = await ask(tg, f"/track {BARCODE}", chat=2002, language="ru")
+    if says == "not found":
+        assert "not found" in en and BARCODE in en
+        assert "не найдена" in ru
+    else:
+        assert UNAVAILABLE["en"] in en and UNAVAILABLE["ru"] in ru
+    for text in (en, ru):  # nothing of Starex's answer reaches the person
+        assert "html" not in text and "Internal" not in text and "Gateway" not in text
+    starex_records = [r for r in caplog.records if r.name == "bot.starex"]
+    assert starex_records and all(logged in r.getMessage() for r in starex_records)
+    # A typo'd barcode is the person's, not Starex failing: INFO; the rest WARNING or more.
+    assert max(r.levelno for r in caplog.records if r.name.startswith("bot")) == level
+    assert "Traceback" not in caplog.text
+
+
+@pytest.fixture
+async def impatient_app(tmp_path, tg: FakeTelegram, starex: FakeStarex) -> AsyncIterator[App]:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    async with running(settings, starex_timeout=0.5) as app:
+        yield app
+
+
+async def test_a_starex_slower_than_the_timeout_is_a_friendly_sentence(
+    impatient_app: App, tg: FakeTelegram, starex: FakeStarex, caplog: pytest.LogCaptureFixture
+) -> None:
+    starex.delay = 5.0
+    tg.message(CHAT, f"/track {BARCODE}", language_code="en")
+    (help_reply,) = await ask(tg, "/help", chat=2002)  # others are answered meanwhile
+    assert "/track" in help_reply
+    (late,) = await tg.wait_for_messages(1, chat_id=CHAT, timeout=5)
+    assert UNAVAILABLE["en"] in late["text"]
+    timeouts = [r for r in caplog.records if "timed out" in r.getMessage()]
+    assert timeouts and all(r.levelno == logging.WARNING for r in timeouts)
+
+
+# --- limits and races ----------------------------------------------------------------
+
+
+async def test_starex_look_ups_are_capped_per_person(
+    app: App, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    per_message = 10
+    for n in range(LOOKUPS_PER_MINUTE // per_message):
+        codes = " ".join(f"LK{n:02d}{i:06d}UZ" for i in range(per_message))
+        await ask(tg, codes, replies=per_message)
+    asked = len(starex.requests)
+
+    (track,) = await ask(tg, f"/track {BARCODE}")
+    (plain,) = await ask(tg, BARCODE)
+    (follow,) = await ask(tg, f"/subscribe {BARCODE}")
+    for text in (track, plain):
+        assert "wait a minute" in text
+    assert "following" in follow and "wait a minute" in follow  # followed all the same
+    (listing,) = await ask(tg, "/list")
+    assert BARCODE in listing and "wait a minute" in listing
+    assert len(starex.requests) == asked  # Starex was not asked again
+    async with app.session_factory() as session:
+        assert await repo.is_subscribed(session, CHAT, BARCODE)
+
+    (other,) = await ask(tg, f"/track {BARCODE}", chat=2002)  # the cap is per person
+    assert "A*** K***" in other
+
+
+async def test_subscribe_twice_at_once_is_one_subscription_and_two_answers(
+    db_url: str, tg: FakeTelegram, starex: FakeStarex, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(db_url, tg.base_url, starex.base_url)
+    async with running(settings) as app:
+        # Two updates in one getUpdates batch: aiogram handles them concurrently.
+        tg.message(CHAT, f"/subscribe {BARCODE}", language_code="en")
+        tg.message(CHAT, f"/subscribe {BARCODE}", language_code="en")
+        replies = [m["text"] for m in await tg.wait_for_messages(2, chat_id=CHAT)]
+        message_id = tg.calls_of("sendMessage")[-1].result["message_id"]
+        tg.callback(2002, f"p:sub:{BARCODE}", message_id=message_id)
+        tg.callback(2002, f"p:sub:{BARCODE}", message_id=message_id)
+        for _ in range(100):
+            if len(tg.calls_of("answerCallbackQuery")) == 2:
+                break
+            await asyncio.sleep(0.05)
+        async with app.session_factory() as session:
+            assert [s.barcode for s in await repo.list_subscriptions(session, CHAT)] == [BARCODE]
+            assert [s.barcode for s in await repo.list_subscriptions(session, 2002)] == [BARCODE]
+    assert all("following" in text for text in replies)
+    assert all(c.ok and c.params.get("text") for c in tg.calls_of("answerCallbackQuery"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "IntegrityError" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("language_code", "expected"),
+    [("uz-Cyrl", "uz"), ("ru-RU", "ru"), ("en-GB", "en"), ("de", "ru"), ("", "ru"), (None, "ru")],
+)
+async def test_every_telegram_language_code_is_answered_in_a_language_of_ours(
+    app: App, tg: FakeTelegram, language_code: str | None, expected: str
+) -> None:
+    (greeting,) = await ask(tg, "/start", chat=2002, language=expected)
+    update = tg.make_message(CHAT, "/start", language_code=language_code or "")
+    if language_code is None:
+        del update["message"]["from"]["language_code"]
+    tg.push_update(update)
+    (reply,) = await tg.wait_for_messages(1, chat_id=CHAT)
+    assert reply["text"] == greeting

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from aiogram.utils.i18n import gettext as _
+from limits import RateLimitItemPerMinute
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
@@ -32,6 +35,10 @@ from bot.states import StateCatalog
 
 log = logging.getLogger(__name__)
 
+# Starex is shared by everyone: one person (or a script) must not hammer it.
+LOOKUPS_PER_MINUTE = 30
+_LOOKUP_LIMIT = RateLimitItemPerMinute(LOOKUPS_PER_MINUTE)
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -48,6 +55,15 @@ class Parcels:
     i18n: Translator
     session_factory: async_sessionmaker[AsyncSession]
     zone: ZoneInfo
+    limiter: MovingWindowRateLimiter = field(
+        default_factory=lambda: MovingWindowRateLimiter(MemoryStorage())
+    )
+
+    async def may_look_up(self, chat_id: int, count: int = 1) -> bool:
+        """Counts `count` Starex look-ups for the chat; False when over the cap (and then
+        counts nothing). More than the whole cap at once (a long /list) costs the cap."""
+        cost = min(count, LOOKUPS_PER_MINUTE)
+        return cost <= 0 or await self.limiter.hit(_LOOKUP_LIMIT, "lookup", str(chat_id), cost=cost)
 
     def step_status(self, step: TraceStep, locale: str) -> str:
         known = self.catalog.get(step.code)

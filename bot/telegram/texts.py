@@ -22,3 +22,9 @@ def usage(command: str) -> str:
     return _("Send the barcode after the command, for example: {example}").format(
         example=f"<code>/{command} AB123456789UZ</code>"
     )
+
+
+def too_many_lookups() -> str:
+    return _(
+        "You have looked up many parcels in the last minute. Please wait a minute and try again."
+    )

@@ -15,7 +15,7 @@ from bot.db.models import Subscription
 from bot.render import esc, render_status_line, split_blocks
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
-from bot.telegram.texts import barcode_hint, usage
+from bot.telegram.texts import barcode_hint, too_many_lookups, usage
 
 MAX_SUBSCRIPTIONS = 50
 MAX_LABEL = 64
@@ -65,12 +65,15 @@ async def follow(
         head = _("🔔 You are following {barcode}. I will write on every status change.")
     else:
         head = _("You are already following {barcode}.")
-    status = await parcels.current(
-        barcode,
-        locale,
-        label,
-        missing=_("Starex does not know this barcode yet. I will write as soon as it appears."),
-    )
+    if await parcels.may_look_up(message.chat.id):
+        status = await parcels.current(
+            barcode,
+            locale,
+            label,
+            missing=_("Starex does not know this barcode yet. I will write as soon as it appears."),
+        )
+    else:  # followed all the same; the status can wait
+        status = too_many_lookups()
     await message.answer(
         head.format(barcode=f"<b>{esc(barcode)}</b>") + "\n\n" + status,
         reply_markup=parcel_keyboard(barcode, subscribed=True),
@@ -126,31 +129,29 @@ async def list_command(
             _("You are not following any parcels yet. Send /subscribe with a barcode.")
         )
         return
-    # Stored webhooks answer at once; barcodes without any ask Starex, a few at a time.
+    # Stored webhooks answer at once; barcodes without any ask Starex, a few at a time,
+    # unless the person is over the look-up cap.
+    unknown = [s for s in subscriptions if s.barcode not in latest]
+    ask_starex = await parcels.may_look_up(message.chat.id, len(unknown))
     lookups = asyncio.Semaphore(5)
 
     async def line(sub: Subscription) -> str:
         event = latest.get(sub.barcode)
         if event is not None:
             return await parcels.stored_status(sub.barcode, event, locale, sub.label)
+        no_status = render_status_line(
+            parcels.i18n, locale, barcode=sub.barcode, status=None, when=None, label=sub.label
+        )
+        if not ask_starex:
+            return no_status
         async with lookups:
-            return await parcels.current(
-                sub.barcode,
-                locale,
-                sub.label,
-                missing=render_status_line(
-                    parcels.i18n,
-                    locale,
-                    barcode=sub.barcode,
-                    status=None,
-                    when=None,
-                    label=sub.label,
-                ),
-            )
+            return await parcels.current(sub.barcode, locale, sub.label, missing=no_status)
 
     async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
         lines = await asyncio.gather(*(line(sub) for sub in subscriptions))
     blocks = [_("Parcels you follow ({count}):").format(count=len(subscriptions)), *lines]
+    if not ask_starex:
+        blocks.append(f"<i>{too_many_lookups()}</i>")
     for text in split_blocks(blocks):
         await message.answer(text)
 

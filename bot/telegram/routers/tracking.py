@@ -13,12 +13,15 @@ from bot.barcodes import from_args, normalize, split_barcodes
 from bot.db import repo
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
-from bot.telegram.texts import barcode_hint, usage
+from bot.telegram.texts import barcode_hint, too_many_lookups, usage
 
 MAX_BARCODES_PER_MESSAGE = 10
 
 
 async def send_history(message: Message, parcels: Parcels, barcode: str, locale: str) -> None:
+    if not await parcels.may_look_up(message.chat.id):
+        await message.answer(too_many_lookups())
+        return
     async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
         texts = await parcels.history(barcode, locale)
     for text in texts:
@@ -58,6 +61,9 @@ async def barcodes_in_text(
         await message.answer(barcode_hint(rejected[0] if len(rejected) == 1 else None))
         return
     shown = barcodes[:MAX_BARCODES_PER_MESSAGE]
+    if not await parcels.may_look_up(message.chat.id, len(shown)):
+        await message.answer(too_many_lookups())
+        return
     async with session_factory() as session:
         followed = {s.barcode for s in await repo.list_subscriptions(session, message.chat.id)}
     async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
