@@ -190,26 +190,37 @@ async def test_one_message_per_subscriber_in_their_language(env: Env) -> None:
 
 
 async def test_retry_after_delays_only_that_chat(env: Env) -> None:
-    await add_user(env, A, language="en")
-    await add_user(env, B, language="en")
-    await add_event(env, 9, T)
-    env.tg.fail("sendMessage", chat_id=A, status=429, retry_after=1)
+    for chat in (A, B, C):
+        await add_user(env, chat, language="en")
+    await add_event(env, 1, T)
+    env.tg.fail("sendMessage", chat_id=A, status=429, retry_after=3)
     # A long poll interval: the loop must wake by itself when A's wait is over.
     notifier = env.notifier(poll_interval=30)
 
     async with running(notifier):
-        await env.tg.wait_for_messages(1, chat_id=A, timeout=5)
+        for chat in (B, C):
+            await env.tg.wait_for_messages(1, chat_id=chat)
+        # A change arriving while A waits: the others get it at once, A after its first.
+        await add_event(env, 9, T + HOUR)
+        notifier.wake()
+        for chat in (B, C):
+            await env.tg.wait_for_messages(2, chat_id=chat)
+        assert len(attempts(env.tg, A)) == 1
+        await env.tg.wait_for_messages(2, chat_id=A, timeout=6)
 
-    first, retry = attempts(env.tg, A)
-    assert first.status == 429 and retry.ok
-    assert retry.at - first.at >= 1.0
-    (b,) = env.tg.sent_calls(B)
-    assert b.at < retry.at and abs(b.at - first.at) < 0.5
+    first, retry, second = attempts(env.tg, A)
+    assert first.status == 429 and retry.ok and second.ok
+    assert 3.0 <= retry.at - first.at < 4.5  # not sooner, and not only at the next poll
+    registered, delivered = texts(env.tg, A)
+    assert "Registered" in registered and "Delivered" in delivered
+    for chat in (B, C):
+        one, two = env.tg.sent_calls(chat)
+        assert one.at - first.at < 0.5 and two.at < retry.at
     assert await notifier.drain_once() == 0
-    assert len(env.tg.sent_calls(A)) == 1
+    await asyncio.sleep(0.2)
+    assert len(env.tg.sent_calls(A)) == 2
     # retry_after is Telegram's pacing, not the row's failure: no attempt is used up.
-    (row,) = [r for r in await rows(env) if r.chat_id == A]
-    assert row.attempts == 1
+    assert [r.attempts for r in await rows(env, A)] == [1, 1]
 
 
 async def test_order_kept_by_a_fresh_notifier_after_restart(env: Env) -> None:
