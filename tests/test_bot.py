@@ -15,7 +15,7 @@ from bot.telegram.parcels import LOOKUPS_PER_MINUTE
 from bot.telegram.routers.subscriptions import MAX_SUBSCRIPTIONS
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running
+from tests.harness import make_settings, running, web_client, webhook_path
 
 CHAT = 1001
 BARCODE = "AB123456789UZ"
@@ -360,3 +360,51 @@ async def test_every_telegram_language_code_is_answered_in_a_language_of_ours(
     tg.push_update(update)
     (reply,) = await tg.wait_for_messages(1, chat_id=CHAT)
     assert reply["text"] == greeting
+
+
+# --- hostile text --------------------------------------------------------------------
+
+HOSTILE = "<<Gift>> & Co </b>"
+
+
+async def test_hostile_starex_text_never_breaks_a_message(
+    app: App, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    """Names, recipients and labels from outside, in a history long enough to be split:
+    the fake Bot API refuses malformed HTML and texts over 4096 characters."""
+    steps = [
+        {
+            "code": 55,  # not in the dictionary: Starex's own name is shown
+            "name": f"{HOSTILE} #{n} " + "x" * 60,
+            "advansed": None,
+            "statetime": f"2026-06-{10 + n // 60:02d} {n // 60:02d}:{n % 60:02d}:00",
+        }
+        for n in range(150)
+    ]
+    starex.traces["HX123456789UZ"] = {
+        "barcode": "HX123456789UZ",
+        "date": None,
+        "weight": None,
+        "recipient": HOSTILE,
+        "trace": steps,
+    }
+    tg.message(CHAT, "/track HX123456789UZ", language_code="en", first_name=HOSTILE)
+    await tg.wait_for_messages(2, chat_id=CHAT)
+    await asyncio.sleep(0.5)  # the rest of the history
+    calls = [c for c in tg.calls_of("sendMessage") if c.params["chat_id"] == CHAT]
+    assert all(c.ok for c in calls), [c.description for c in calls if not c.ok]
+    shown = "\n".join(c.result["text"] for c in calls)  # as a person sees it
+    assert len(calls) >= 3 and all(len(c.result["text"]) <= 4096 for c in calls)
+    positions = [shown.index(f"{HOSTILE} #{n} ") for n in range(150)]
+    assert positions == sorted(positions)
+    assert "<*** &*** C*** <***" in shown  # masked, and still escaped
+
+    # A status name from Starex's dictionary, pushed in a notification.
+    starex.states.append({"code": 66, "name": HOSTILE, "advanced": None})
+    await app.catalog.refresh()
+    await ask(tg, f"/subscribe {BARCODE} {HOSTILE}", chat=2002)
+    body = {"barcode": BARCODE, "state": 66, "statetime": "2026-06-16 10:00:00"}
+    async with web_client(app.settings) as web:
+        assert (await web.post(webhook_path(app.settings), json=body)).status_code == 200
+    (_, pushed) = await tg.wait_for_messages(2, chat_id=2002)
+    assert pushed["text"].count("&lt;&lt;Gift&gt;&gt; &amp; Co &lt;/b&gt;") == 2  # label, status
