@@ -16,6 +16,7 @@ USER starex
 VOLUME /app/data
 EXPOSE 8080
 
+# PORT as the operator set it (--env-file); the image's default otherwise.
 HEALTHCHECK --interval=30s --timeout=5s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=3)"
 CMD ["starex-bot"]
