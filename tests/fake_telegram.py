@@ -153,6 +153,8 @@ class FakeTelegram:
         self.webhook_url = ""
         self.messages: dict[tuple[int, int], dict] = {}  # (chat_id, message_id) -> bot Message
         self.base_url = ""
+        self.port = 0  # kept across stop() and start(): Telegram back at the same address
+        self.delay = 0.0  # seconds before a sendMessage is answered (a slow Telegram)
         self._contents: dict[tuple[int, int], tuple] = {}  # ((raw text, parse_mode), markup)
         self._updates: list[dict] = []
         self._faults: list[Fault] = []
@@ -182,15 +184,18 @@ class FakeTelegram:
 
     # -- lifecycle
     async def start(self) -> None:
+        """Serve; after stop(), again on the same port, with everything recorded so far."""
+        self._closing = False
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.base_url = f"http://{host}:{port}"
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        host, self.port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
+        """Stop serving: connections are closed and new ones refused (Telegram is down)."""
         self._closing = True  # wakes pending long polls
         self._notify()
         if self._runner:
@@ -388,6 +393,8 @@ class FakeTelegram:
             request.json() if request.content_type == "application/json" else request.post()
         )
         call = Call(method, self._decode({**request.query, **body}), token=token)
+        if self.delay and method.lower() == "sendmessage":
+            await asyncio.sleep(self.delay)  # recorded once answered; call.at is the arrival
         self.calls.append(call)
         chat_id = call.params.get("chat_id")
         try:

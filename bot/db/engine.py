@@ -48,11 +48,28 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _connect_failure_as_dbapi_error(
+    dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
+) -> Any:
+    """asyncpg lets a server it cannot reach surface as a bare OSError or TimeoutError,
+    which SQLAlchemy passes through unwrapped. Make it the driver's OperationalError, so
+    a database that is down is a SQLAlchemyError like any other database failure, for
+    every `except SQLAlchemyError` in the bot (webhook, dispatcher, middleware, the
+    status dictionary)."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise dialect.loaded_dbapi.OperationalError(reason) from exc
+
+
 def create_engine(url: str) -> AsyncEngine:
     sa_url = make_url(url)
     if sa_url.get_backend_name() != "sqlite":
         # Connections die behind our back (server restarts, idle timeouts).
-        return create_async_engine(sa_url, pool_pre_ping=True)
+        engine = create_async_engine(sa_url, pool_pre_ping=True)
+        event.listen(engine.sync_engine, "do_connect", _connect_failure_as_dbapi_error)
+        return engine
     database = sa_url.database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).parent.mkdir(parents=True, exist_ok=True)

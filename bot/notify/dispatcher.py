@@ -37,6 +37,8 @@ from bot.states import StateCatalog
 
 log = logging.getLogger(__name__)
 
+# First pause after the database failed; doubled each time, up to the poll interval.
+DB_RETRY = 0.5
 # 400 Bad Request descriptions that mean the chat itself is gone (403 always does).
 GONE_MARKERS = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 
@@ -90,11 +92,14 @@ class Notifier:
         self._wakeup.set()
 
     async def run(self) -> None:
+        outage = 0  # rounds in a row the database failed
         while not self._stopping.is_set():
             self._wakeup.clear()
             try:
                 await self.drain_once()
+                outage = 0
             except (SQLAlchemyError, OSError) as exc:
+                outage += 1
                 log.warning("outbox not readable, will retry: %s", type(exc).__name__)
             except Exception:
                 # Whatever went wrong, the loop must go on: rows stay leased and return.
@@ -102,10 +107,14 @@ class Notifier:
             if self._stopping.is_set():
                 break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self._idle_seconds())
+                await asyncio.wait_for(self._wakeup.wait(), self._idle_seconds(outage))
 
-    def _idle_seconds(self) -> float:
-        """Until the next poll, or sooner when a waiting row becomes due."""
+    def _idle_seconds(self, outage: int = 0) -> float:
+        """Until the next poll, or sooner when a waiting row becomes due. While the
+        database is down, a pause growing with each failed round instead: the row due
+        time read before the outage is stale, and a past one would make the loop spin."""
+        if outage:
+            return min(self._poll_interval, DB_RETRY * 2.0 ** (outage - 1))
         if self._next_due is None:
             return self._poll_interval
         soonest = (self._next_due - utcnow()).total_seconds()
@@ -188,7 +197,7 @@ class Notifier:
             delay = min(self._base_backoff * 2.0 ** min(row.attempts, 16), self._max_backoff)
             log.warning("notification %s not sent (%s), retry in %.1fs", row.id, error, delay)
             return await self._retry(row, delay, error, counts=True)
-        await self._finish(row)
+        await self._record_sent(row)
         self._metrics.notifications_sent.inc()
         return "sent"
 
@@ -231,6 +240,24 @@ class Notifier:
             await repo.fail_pending_for_chat(session, row.chat_id, error)
             await repo.mark_failed(session, row.id, error)
         return "gone"
+
+    async def _record_sent(self, row: Notification) -> None:
+        """Telegram has the message: record that, waiting out a database outage, or the
+        row would be sent again once its lease runs out."""
+        delay = DB_RETRY
+        while True:
+            try:
+                await self._finish(row)
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning(
+                    "notification %s sent but not recorded yet (%s), retry in %.1fs",
+                    row.id,
+                    type(exc).__name__,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._poll_interval)
 
     async def _finish(self, row: Notification, *, error: str | None = None) -> None:
         async with self._session_factory() as session, session.begin():

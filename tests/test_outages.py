@@ -1,0 +1,171 @@
+"""Outages of what the bot stands on, injected while the whole application runs: the
+database server goes away and comes back, Telegram goes away and comes back. The bot
+must answer what it cannot do honestly (503), log it in one line, and recover by
+itself without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import func, make_url, select
+
+from bot.app import App
+from bot.db import repo
+from bot.db.models import STATUS_SENT, Event, Notification
+from tests.fake_starex import FakeStarex
+from tests.fake_telegram import FakeTelegram
+from tests.harness import make_settings, running, web_client
+from tests.tcp_proxy import TcpProxy
+
+BARCODE = "AB123456789UZ"
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[tuple[FakeTelegram, FakeStarex]]:
+    async with FakeTelegram() as tg, FakeStarex() as starex:
+        yield tg, starex
+
+
+def change(state: int, statetime: str, barcode: str = BARCODE) -> dict[str, object]:
+    return {"barcode": barcode, "state": state, "statetime": statetime}
+
+
+async def follow(app: App, barcode: str, *chats: int) -> None:
+    async with app.session_factory() as session, session.begin():
+        for chat in chats:
+            await repo.touch_user(session, chat, "en")
+            await repo.subscribe(session, chat, barcode)
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        await asyncio.sleep(0.05)
+
+
+def all_sent(app: App, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        async with app.session_factory() as session:
+            statuses = list(await session.scalars(select(Notification.status)))
+        return statuses == [STATUS_SENT] * n
+
+    return check
+
+
+def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """An outage is an expected condition: one line each, never a traceback."""
+    noisy = [r for r in caplog.records if r.exc_info or r.stack_info]
+    assert not noisy, [f"{r.levelname} {r.name}: {r.getMessage()}" for r in noisy]
+    assert "Traceback" not in caplog.text
+
+
+# --- the database ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_database_server_gone_then_back(
+    db_url: str, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    tg, starex = fakes
+    real = make_url(db_url)
+    async with TcpProxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        settings = make_settings(url, tg.base_url, starex.base_url)
+        async with running(settings) as app, web_client(settings) as web:
+            hook = settings.starex_webhook_path
+            await follow(app, BARCODE, 1, 2)
+
+            async def events() -> int:
+                async with app.session_factory() as session:
+                    return await session.scalar(select(func.count()).select_from(Event)) or 0
+
+            async def waiting_row() -> bool:
+                async with app.session_factory() as session:
+                    row = await session.scalar(
+                        select(Notification).where(Notification.chat_id == 2)
+                    )
+                return row is not None and row.attempts == 1 and row.last_error is not None
+
+            # Chat 2's first try fails: its row waits (1 s back-off) through the outage.
+            tg.fail("sendMessage", chat_id=2, status=502)
+            first = await web.post(hook, json=change(1, "2026-06-15 09:00:00"))
+            assert first.status_code == 200
+            await tg.wait_for_messages(1, chat_id=1)
+            await until(waiting_row, 5, "chat 2's row rescheduled")
+
+            await proxy.unplug()
+            refused = await web.post(hook, json=change(9, "2026-06-15 12:00:00"))
+            assert refused.status_code == 503, refused.text
+            assert (await web.get("/healthz")).status_code == 503
+            # A person writing meanwhile is still answered (in Telegram's language).
+            tg.message(3, "/help", language_code="en")
+            (help_text,) = await tg.wait_for_messages(1, chat_id=3)
+            assert "/track" in help_text["text"]
+            caplog.clear()
+            await asyncio.sleep(2)  # chat 2's retry comes due and finds no database
+            assert (await web.get("/healthz")).status_code == 503
+            # The dispatcher waits longer each time rather than spinning (0.5 + 1 s ...).
+            retries = [r for r in caplog.records if r.name == "bot.notify.dispatcher"]
+            assert 1 <= len(retries) <= 3, [r.getMessage() for r in retries]
+
+            await proxy.plug()
+            # Each recovers on its first request: no dead connection is handed out.
+            assert (await web.get("/healthz")).status_code == 200
+            assert await events() == 1  # the 503 stored nothing
+            # Nothing wakes the dispatcher: it finds chat 2's row by itself.
+            await tg.wait_for_messages(1, chat_id=2, timeout=5)
+            stored = await web.post(hook, json=change(9, "2026-06-15 12:00:00"))  # Starex retries
+            assert stored.status_code == 200 and stored.json()["outcome"] == "stored"
+            for chat in (1, 2):
+                older, newer = await tg.wait_for_messages(2, chat_id=chat)
+                assert "Registered" in older["text"] and "Delivered" in newer["text"]
+            await until(all_sent(app, 4), 5, "every notification recorded as sent")
+            assert len(tg.sent_messages(1)) == 2 and len(tg.sent_messages(2)) == 2
+
+    assert_no_traceback(caplog)
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+async def test_database_gone_during_a_send_the_message_is_recorded_not_repeated(
+    db_url: str, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram accepts a message while the database is away: once back, the row is
+    recorded as sent, not sent again when its lease runs out."""
+    caplog.set_level(logging.INFO)
+    tg, starex = fakes
+    real = make_url(db_url)
+    async with TcpProxy(real.host or "127.0.0.1", real.port or 5432) as proxy:
+        url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        settings = make_settings(url, tg.base_url, starex.base_url)
+        # A short lease and poll, so a wrong second send would come within the test.
+        options = {"lease_seconds": 1.0, "poll_interval": 0.5}
+        async with running(settings, notifier_options=options) as app, web_client(settings) as web:
+            await follow(app, BARCODE, 1)
+
+            async def claimed() -> bool:
+                async with app.session_factory() as session:
+                    row = await session.scalar(select(Notification))
+                return row is not None and row.attempts == 1
+
+            tg.delay = 1.0  # Telegram answers the send a second after it arrives
+            stored = await web.post(
+                settings.starex_webhook_path, json=change(9, "2026-06-15 12:00:00")
+            )
+            assert stored.status_code == 200
+            await until(claimed, 5, "the row claimed for sending")
+            await proxy.unplug()  # the send is on its way to Telegram
+            await tg.wait_for_messages(1, chat_id=1)
+            await asyncio.sleep(0.5)  # recording it fails meanwhile
+            await proxy.plug()
+            await until(all_sent(app, 1), 5, "the notification recorded as sent")
+            await asyncio.sleep(1.5)  # past the lease, and past a poll or two
+            assert len(tg.calls_of("sendMessage")) == 1
+
+    assert_no_traceback(caplog)
