@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, make_url, select
@@ -167,5 +169,38 @@ async def test_database_gone_during_a_send_the_message_is_recorded_not_repeated(
             await until(all_sent(app, 1), 5, "the notification recorded as sent")
             await asyncio.sleep(1.5)  # past the lease, and past a poll or two
             assert len(tg.calls_of("sendMessage")) == 1
+
+    assert_no_traceback(caplog)
+
+
+async def test_sqlite_locked_by_another_process_is_503_then_recovers(
+    tmp_path: Path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's equivalent of a database server gone: someone else (an operator's
+    `sqlite3` shell mid-transaction, a backup) holds the write lock longer than the
+    busy timeout (5 s)."""
+    caplog.set_level(logging.INFO)
+    tg, starex = fakes
+    db = tmp_path / "bot.db"
+    settings = make_settings(f"sqlite+aiosqlite:///{db}", tg.base_url, starex.base_url)
+    async with running(settings) as app, web_client(settings) as web:
+        hook = settings.starex_webhook_path
+        await follow(app, BARCODE, 1)
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, held
+            started = time.monotonic()
+            refused = await web.post(hook, json=change(9, "2026-06-15 12:00:00"), timeout=15)
+            assert refused.status_code == 503, refused.text
+            assert time.monotonic() - started < 7  # the busy timeout, not a hang
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        stored = await web.post(hook, json=change(9, "2026-06-15 12:00:00"))
+        assert stored.status_code == 200 and stored.json()["outcome"] == "stored"
+        assert (await web.get("/healthz")).status_code == 200
+        (message,) = await tg.wait_for_messages(1, chat_id=1)
+        assert "Delivered" in message["text"]
+        await until(all_sent(app, 1), 5, "the notification recorded as sent")
 
     assert_no_traceback(caplog)
