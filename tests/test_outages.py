@@ -204,3 +204,67 @@ async def test_sqlite_locked_by_another_process_is_503_then_recovers(
         await until(all_sent(app, 1), 5, "the notification recorded as sent")
 
     assert_no_traceback(caplog)
+
+
+# --- Telegram ----------------------------------------------------------------------------
+
+OTHER = "CD987654321UZ"
+
+
+async def test_telegram_down_for_ten_seconds_then_everything_delivered_once_in_order(
+    tmp_path: Path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Default back-off (1, 2, 4, 8 s): the outage is over before the fifth try."""
+    caplog.set_level(logging.INFO)
+    tg, starex = fakes
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    async with running(settings) as app, web_client(settings) as web:
+        hook = settings.starex_webhook_path
+        await follow(app, BARCODE, 1, 2, 3)
+        await follow(app, OTHER, 1)
+
+        await tg.stop()  # connection refused from now on
+        down = time.monotonic()
+        changes = [
+            change(1, "2026-06-15 09:00:00"),
+            change(5, "2026-06-15 10:00:00"),
+            change(12, "2026-06-15 11:00:00"),
+            change(9, "2026-06-15 12:00:00"),
+            # Arrives last but happened before two of the above: chat 1 gets it third.
+            change(5, "2026-06-15 10:30:00", barcode=OTHER),
+        ]
+        for body in changes:
+            answer = await web.post(hook, json=body)
+            assert answer.status_code == 200 and answer.json()["outcome"] == "stored"
+
+        async def every_chat_tried() -> bool:
+            async with app.session_factory() as session:
+                rows = list(await session.scalars(select(Notification)))
+            tried = {row.chat_id for row in rows if row.attempts and row.last_error}
+            return len(rows) == 13 and tried == {1, 2, 3}
+
+        await until(every_chat_tried, 5, "a failed send to every chat")
+        await asyncio.sleep(10 - (time.monotonic() - down))
+        await tg.start()  # the same address
+
+        expected = {
+            1: ["09:00", "10:00", "10:30", "11:00", "12:00"],
+            2: ["09:00", "10:00", "11:00", "12:00"],
+            3: ["09:00", "10:00", "11:00", "12:00"],
+        }
+        for chat, times in expected.items():
+            await tg.wait_for_messages(len(times), chat_id=chat, timeout=10)
+        tg.message(4, "/help", language_code="en")  # polling is back too
+        (reply,) = await tg.wait_for_messages(1, chat_id=4, timeout=8)
+        assert "/track" in reply["text"]
+        await until(all_sent(app, 13), 5, "every notification recorded as sent")
+
+        for chat, times in expected.items():
+            got = [m["text"] for m in tg.sent_messages(chat)]
+            assert [t for text in got for t in times if f"15.06.2026 {t}" in text] == times
+        assert OTHER in tg.sent_messages(1)[2]["text"]
+        assert len(tg.calls_of("sendMessage")) == 14  # 13 notifications and the help
+
+    assert_no_traceback(caplog)
