@@ -18,7 +18,6 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0  # chosen at the first plug(), kept afterwards
-        self.accepted = 0  # connections taken while plugged
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()  # both ends of every live link
 
@@ -65,7 +64,6 @@ class TcpProxy:
             self._links.add(upstream)
             if not self.plugged:
                 return
-            self.accepted += 1
             await asyncio.gather(
                 self._pipe(client_reader, upstream), self._pipe(upstream_reader, client)
             )
