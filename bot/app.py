@@ -37,7 +37,7 @@ from bot.starex import StarexClient
 from bot.states import StateCatalog
 from bot.telegram.commands import set_bot_commands
 from bot.telegram.middlewares import UserMiddleware
-from bot.telegram.parcels import Parcels
+from bot.telegram.parcels import LookupCap, Parcels
 from bot.telegram.routers import build_router
 from bot.webhook.handler import StarexWebhook
 
@@ -60,6 +60,7 @@ class App:
     bot: Bot
     dp: Dispatcher
     notifier: Notifier
+    parcels: Parcels
     web: web.Application
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -111,7 +112,10 @@ def create_app(
         metrics=metrics,
         **(notifier_options or {}),
     )
-    parcels = Parcels(starex, catalog, i18n, session_factory, settings.zone)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    parcels = Parcels(
+        starex, catalog, i18n, session_factory, settings.zone, cap=LookupCap(redis_url)
+    )
     dp = Dispatcher(
         settings=settings,
         session_factory=session_factory,
@@ -168,6 +172,7 @@ def create_app(
         bot=bot,
         dp=dp,
         notifier=notifier,
+        parcels=parcels,
         web=web_app,
     )
     return app
@@ -302,5 +307,6 @@ async def close(app: App) -> None:
         task.cancel()
     await asyncio.gather(*app.tasks, return_exceptions=True)
     await app.starex.aclose()
+    await app.parcels.cap.aclose()
     await app.bot.session.close()
     await app.engine.dispose()

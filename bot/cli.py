@@ -57,6 +57,8 @@ def secrets_of(settings: Settings) -> list[str]:
     if settings.starex_webhook_secret is not None:
         values.append(settings.starex_webhook_secret.get_secret_value())
     values.append(unquote(urlsplit(settings.database_url).password or ""))
+    if settings.redis_url is not None:
+        values.append(unquote(urlsplit(settings.redis_url.get_secret_value()).password or ""))
     values = [v for v in values if v.strip()]
     forms = set(values)
     forms.update(quote(v, safe="") for v in values)  # inside URLs

@@ -15,6 +15,7 @@ LANGUAGES = ("ru", "uz", "en")
 # SQLAlchemy's make_url: importing SQLAlchemy would delay every configuration error.
 ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 _TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
+_REDIS_URL = re.compile(r"^(redis|rediss|unix)://", re.IGNORECASE)
 _URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
 
 
@@ -32,6 +33,7 @@ class Settings(BaseSettings):
     starex_timezone: str = "Asia/Tashkent"
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
+    redis_url: SecretStr | None = None
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
     default_language: str = "ru"
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL (Telegram delivers webhooks over HTTPS)")
         return value
 
-    @field_validator("starex_webhook_secret", "telegram_webhook_url", mode="before")
+    @field_validator("starex_webhook_secret", "telegram_webhook_url", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -84,6 +86,18 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         if importlib.util.find_spec(driver) is None:
             raise ValueError(f"needs the {driver} package (pip install 'starex-bot[postgres]')")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        # Messages never quote the URL: it may hold the Redis password.
+        if not _REDIS_URL.match(value.get_secret_value()):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        if importlib.util.find_spec("redis") is None:
+            raise ValueError("needs the redis package (pip install 'starex-bot[redis]')")
         return value
 
     @field_validator("default_language")

@@ -32,8 +32,9 @@ from tests.harness import free_port, make_settings, running
 TOKEN = "987654:CLI-token-never-logged"
 SECRET = "cli-hook-secret-never-logged"
 DB_PASSWORD = "db-pass-never-logged"
+REDIS_PASSWORD = "redis-pass-never-logged"
 BASIC_AUTH = base64.b64encode(f"{LOGIN}:{PASSWORD}".encode()).decode()
-SECRETS = (TOKEN, PASSWORD, SECRET, DB_PASSWORD, BASIC_AUTH)
+SECRETS = (TOKEN, PASSWORD, SECRET, DB_PASSWORD, REDIS_PASSWORD, BASIC_AUTH)
 REQUIRED = {
     "BOT_TOKEN": TOKEN,
     "STAREX_BASE_URL": "http://127.0.0.1:9",
@@ -166,6 +167,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         ("DATABASE_URL", "data/bot.db"),
         ("DATABASE_URL", f"mysql+aiomysql://bot:{DB_PASSWORD}@db/bot"),
         ("DATABASE_URL", f"sqlite:///{DB_PASSWORD}.db"),
+        ("REDIS_URL", f"http://:{REDIS_PASSWORD}@cache:6379/0"),
+        ("REDIS_URL", "127.0.0.1:6379"),
     ],
 )
 def test_rarer_malformed_values(clean_environ: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -183,7 +186,9 @@ def test_values_are_normalised(clean_environ: pytest.MonkeyPatch) -> None:
     clean_environ.setenv("DEFAULT_LANGUAGE", "EN")
     clean_environ.setenv("STAREX_WEBHOOK_SECRET", "")
     clean_environ.setenv("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot")
+    clean_environ.setenv("REDIS_URL", "")
     settings = load_settings()
+    assert settings.redis_url is None
     assert settings.admin_ids == {7, 8, 9}
     assert (settings.log_level, settings.default_language) == ("DEBUG", "en")
     assert settings.starex_webhook_secret is None
@@ -210,9 +215,15 @@ def test_unreadable_dotenv_is_a_configuration_error(
 def test_formatter_redacts_every_form_of_a_secret(clean_environ: pytest.MonkeyPatch) -> None:
     clean_environ.setenv("STAREX_WEBHOOK_SECRET", SECRET)
     clean_environ.setenv("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot")
+    clean_environ.setenv("REDIS_URL", f"redis://:{REDIS_PASSWORD}@cache:6379/0")
     formatter = RedactingFormatter("%(levelname)s %(message)s", secrets_of(load_settings()))
     quoted = TOKEN.replace(":", "%3A")
-    args = (f"/bot{quoted}/getMe", f"Basic {BASIC_AUTH}", f"/starex/webhook/{SECRET}", DB_PASSWORD)
+    args = (
+        f"/bot{quoted}/getMe",
+        f"Basic {BASIC_AUTH}",
+        f"/starex/webhook/{SECRET}",
+        f"{DB_PASSWORD} {REDIS_PASSWORD}",
+    )
     try:
         raise RuntimeError(f"GET https://api.telegram.org/bot{TOKEN}/getMe failed")
     except RuntimeError:

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 from aiogram.utils.i18n import gettext as _
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
@@ -40,6 +41,59 @@ LOOKUPS_PER_MINUTE = 30
 _LOOKUP_LIMIT = RateLimitItemPerMinute(LOOKUPS_PER_MINUTE)
 
 
+class LookupCap:
+    """At most LOOKUPS_PER_MINUTE Starex look-ups per person, in a moving window: in
+    memory, or with REDIS_URL in Redis, shared by every process. While Redis is
+    unreachable the cap is lifted rather than the bot silenced."""
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self._pool = None
+        storage: Storage
+        if redis_url is None:
+            storage = MemoryStorage()
+        else:
+            import redis.asyncio  # the `redis` extra; Settings checked it is installed
+
+            # Short timeouts: a person is waiting behind this check.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
+            )
+            storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix="starex-bot",
+                connection_pool=self._pool,
+            )
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._storage_down = False
+
+    async def hit(self, chat_id: int, count: int = 1) -> bool:
+        """Counts `count` look-ups for the chat; False when over the cap (and then counts
+        nothing). More than the whole cap at once (a long /list) costs the cap."""
+        cost = min(count, LOOKUPS_PER_MINUTE)
+        if cost <= 0:
+            return True
+        try:
+            allowed = await self._limiter.hit(_LOOKUP_LIMIT, "lookup", str(chat_id), cost=cost)
+        except StorageError as exc:
+            if not self._storage_down:  # once an outage, not once a message
+                log.warning(
+                    "Redis unavailable (%s): Starex look-ups are not capped meanwhile",
+                    type(exc.storage_error).__name__,
+                )
+            self._storage_down = True
+            return True
+        if self._storage_down:
+            log.info("Redis is back: Starex look-ups are capped again")
+            self._storage_down = False
+        return allowed
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Why there is no trace, as a sentence for the person."""
@@ -55,15 +109,10 @@ class Parcels:
     i18n: Translator
     session_factory: async_sessionmaker[AsyncSession]
     zone: ZoneInfo
-    limiter: MovingWindowRateLimiter = field(
-        default_factory=lambda: MovingWindowRateLimiter(MemoryStorage())
-    )
+    cap: LookupCap = field(default_factory=LookupCap)
 
     async def may_look_up(self, chat_id: int, count: int = 1) -> bool:
-        """Counts `count` Starex look-ups for the chat; False when over the cap (and then
-        counts nothing). More than the whole cap at once (a long /list) costs the cap."""
-        cost = min(count, LOOKUPS_PER_MINUTE)
-        return cost <= 0 or await self.limiter.hit(_LOOKUP_LIMIT, "lookup", str(chat_id), cost=cost)
+        return await self.cap.hit(chat_id, count)
 
     def step_status(self, step: TraceStep, locale: str) -> str:
         known = self.catalog.get(step.code)
