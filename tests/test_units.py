@@ -79,6 +79,14 @@ def body(**fields: object) -> bytes:
     return json.dumps(data).encode()
 
 
+def raw_body(state: str, extra: str = "0") -> bytes:
+    """A body with JSON number text as is: json.dumps cannot write a 5000-digit int."""
+    return (
+        f'{{"barcode": "AB123456789UZ", "state": {state}, '
+        f'"statetime": "2026-06-15 14:30:00", "extra": {extra}}}'
+    ).encode()
+
+
 def test_parse_event_converts_tashkent_time_to_utc() -> None:
     event = parse_event(body(), TASHKENT)
     assert event.barcode == "AB123456789UZ"
@@ -122,6 +130,14 @@ def test_parse_event_accepts_lenient_forms(fields: dict, expected: object) -> No
         body(state=" 12"),
         body(barcode="ﬀ123456789"),
         json.dumps({"state": 1}).encode(),
+        # Past Python's 4300-digit limit for int(): json.loads raises a bare ValueError.
+        raw_body(state="1" + "0" * 5000),
+        raw_body(state="-" + "9" * 4301),
+        raw_body(state="12", extra="1" + "0" * 5000),  # even in a field that is ignored
+        raw_body(state="1e999"),  # json.loads makes it inf
+        raw_body(state="1" + "0" * 5000 + ".5"),
+        raw_body(state="NaN"),
+        raw_body(state="-Infinity"),
     ],
 )
 def test_parse_event_rejects(raw: bytes) -> None:

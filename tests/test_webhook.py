@@ -136,6 +136,8 @@ async def test_older_event_is_stored_not_pushed(app: App, client: TestClient) ->
         json.dumps(event(statetime="")).encode(),
         json.dumps(event(statetime="yesterday")).encode(),
         json.dumps({"barcode": BARCODE}).encode(),
+        # 5000 digits: more than int() converts (json.dumps cannot write it either).
+        json.dumps(event(state=0)).encode().replace(b'"state": 0', b'"state": 1' + b"0" * 5000),
     ],
 )
 async def test_bad_input_is_400_with_reason_and_stores_nothing(
@@ -201,12 +203,26 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+# Number text past int()'s 4300-digit limit or float's range. json.dumps cannot write
+# such an int, so these bodies are put together as text.
+huge_numbers = st.integers(4301, 6000).map(lambda n: "9" * n) | st.sampled_from(
+    ["1e999", "-1e999", "1" + "0" * 400 + ".5"]
+)
+json_texts = json_values.map(json.dumps) | huge_numbers
+
+
+def object_text(barcode: str, state: str, statetime: str, extra: str) -> bytes:
+    fields = {"barcode": barcode, "state": state, "statetime": statetime, "extra": extra}
+    return ("{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}").encode()
+
+
 webhook_bodies = st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries(
         {"barcode": json_values | st.text(), "state": json_values, "statetime": json_values}
     ).map(lambda v: json.dumps(v).encode()),
+    st.builds(object_text, json_texts, json_texts, json_texts, json_texts),
 )
 
 

@@ -31,6 +31,8 @@ def parse_event(body: bytes, zone: ZoneInfo) -> StatusEvent:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise BadPayload("body is not valid JSON") from None
+    except ValueError:  # int() refuses over 4300 digits, wherever the number is
+        raise BadPayload("body holds a number with too many digits") from None
     if not isinstance(data, dict):
         raise BadPayload("body must be a JSON object")
     return StatusEvent(
