@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from typing import Annotated
+from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
@@ -86,6 +87,12 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         if importlib.util.find_spec(driver) is None:
             raise ValueError(f"needs the {driver} package (pip install 'starex-bot[postgres]')")
+        if backend == "sqlite" and _sqlite_in_memory(value):
+            # Gone at exit, with every webhook answered 200 and its notifications.
+            raise ValueError(
+                "is an in-memory SQLite database, which loses everything at exit; "
+                "give a file, e.g. sqlite+aiosqlite:///data/bot.db"
+            )
         return value
 
     @field_validator("redis_url")
@@ -136,6 +143,14 @@ class Settings(BaseSettings):
         if self.starex_webhook_secret is None:
             return "/starex/webhook"
         return f"/starex/webhook/{self.starex_webhook_secret.get_secret_value()}"
+
+
+def _sqlite_in_memory(url: str) -> bool:
+    """The forms SQLite opens in memory: no path, `:memory:`, and the URI forms."""
+    parts = urlsplit(url)
+    database = unquote(parts.path.removeprefix("/"))
+    mode = parse_qs(parts.query).get("mode", [])
+    return database in ("", ":memory:") or database.startswith("file::memory:") or "memory" in mode
 
 
 class ConfigError(Exception):

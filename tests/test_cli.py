@@ -167,6 +167,12 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         ("DATABASE_URL", "data/bot.db"),
         ("DATABASE_URL", f"mysql+aiomysql://bot:{DB_PASSWORD}@db/bot"),
         ("DATABASE_URL", f"sqlite:///{DB_PASSWORD}.db"),
+        # In memory: every webhook answered 200 would be lost at exit.
+        ("DATABASE_URL", "sqlite+aiosqlite:///:memory:"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///"),
+        ("DATABASE_URL", "sqlite+aiosqlite://"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///file::memory:?uri=true"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///file:bot?mode=memory&cache=shared&uri=true"),
         ("REDIS_URL", f"http://:{REDIS_PASSWORD}@cache:6379/0"),
         ("REDIS_URL", "127.0.0.1:6379"),
     ],
@@ -178,6 +184,19 @@ def test_rarer_malformed_values(clean_environ: pytest.MonkeyPatch, name: str, va
     message = str(error.value)
     assert message.startswith(f"{name} is invalid"), message
     assert "\n" not in message and not leaked(message)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///data/bot.db",
+        "sqlite+aiosqlite:////var/lib/bot/bot.db?timeout=30",
+        "sqlite+aiosqlite:///file:data/bot.db?mode=rwc&uri=true",
+    ],
+)
+def test_sqlite_files_are_accepted(clean_environ: pytest.MonkeyPatch, url: str) -> None:
+    clean_environ.setenv("DATABASE_URL", url)
+    assert load_settings().database_url == url
 
 
 def test_values_are_normalised(clean_environ: pytest.MonkeyPatch) -> None:
