@@ -161,7 +161,11 @@ def report_failure(exc: Exception, settings: Settings) -> None:
     """One line for the failures an operator can fix; a traceback for the others."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    if isinstance(exc, SQLAlchemyError):
+    from bot.db.engine import UnknownRevisionError
+
+    if isinstance(exc, UnknownRevisionError):
+        log.error("cannot start: %s", exc)
+    elif isinstance(exc, SQLAlchemyError):
         # The driver's message, not SQLAlchemy's, which appends the SQL and a link.
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         log.error("database unavailable at start-up: %s: %s", type(exc).__name__, reason)

@@ -418,6 +418,22 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     STAREX_WEBHOOK_SECRET=SECRET,
                 ),
             )
+            # A database a later release migrated: at a revision this code does not know.
+            newer = root / "newer_db"
+            newer.mkdir()
+            with sqlite3.connect(newer / "bot.db") as connection:
+                connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+                connection.execute("INSERT INTO alembic_version VALUES ('0099')")
+            runs["newer_db"] = BotProcess(
+                newer,
+                environ(
+                    **{**REQUIRED, "STAREX_BASE_URL": nobody},
+                    TELEGRAM_API_URL=nobody,
+                    DATABASE_URL=f"sqlite+aiosqlite:///{newer / 'bot.db'}",
+                    HOST="127.0.0.1",
+                    PORT=str(free_port()),
+                ),
+            )
             yield runs
         finally:
             for run in runs.values():
@@ -478,6 +494,16 @@ def test_port_in_use_is_one_clear_error(runs: dict[str, Any]) -> None:
     assert len(errors) == 1, bot.stderr
     assert "PORT" in errors[0] and "in use" in errors[0]
     assert_clean(bot.output)
+
+
+def test_database_of_a_newer_version_is_one_clear_error(runs: dict[str, Any]) -> None:
+    bot = runs["newer_db"]
+    assert bot.wait(START) == 1
+    errors = [line for line in bot.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, bot.stderr
+    assert "newer starex-bot version" in errors[0] and "0099" in errors[0], errors[0]
+    assert_clean(bot.output)
+    assert tables(bot.cwd / "bot.db") == {"alembic_version"}  # left as it was
 
 
 def sigterm_handled(pid: int) -> bool:

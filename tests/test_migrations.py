@@ -15,12 +15,18 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import bot.db.engine as engine_module
-from bot.db.engine import alembic_config, create_engine, migrations_dir, upgrade_database
+from bot.db.engine import (
+    UnknownRevisionError,
+    alembic_config,
+    create_engine,
+    migrations_dir,
+    upgrade_database,
+)
 from bot.db.models import Base
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,6 +97,20 @@ async def test_upgrade_database_from_url_is_idempotent(db_url: str) -> None:
     engine = create_engine(db_url)
     try:
         assert await current_revision(engine) == head_revision()
+        assert await table_names(engine) >= APP_TABLES
+    finally:
+        await engine.dispose()
+
+
+async def test_database_of_a_newer_version_is_refused_untouched(db_url: str) -> None:
+    engine = create_engine(db_url)
+    try:
+        await upgrade_database(engine)
+        async with engine.begin() as connection:  # as a later release would leave it
+            await connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+        with pytest.raises(UnknownRevisionError, match=r"newer starex-bot version.*0099"):
+            await upgrade_database(engine)
+        assert await current_revision(engine) == "0099"
         assert await table_names(engine) >= APP_TABLES
     finally:
         await engine.dispose()

@@ -9,6 +9,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -130,8 +132,23 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+class UnknownRevisionError(RuntimeError):
+    """The database is at a revision these migrations do not have."""
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
-    command.upgrade(alembic_config(connection), revision)
+    config = alembic_config(connection)
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(connection).get_current_heads()) - known)
+    if unknown:
+        # Alembic's own error is a traceback ending in "Can't locate revision".
+        raise UnknownRevisionError(
+            f"the database was migrated by a newer starex-bot version (revision "
+            f"{', '.join(unknown)}, unknown to this one); run that version or a later one"
+        )
+    # The read above began a transaction; env.py's SQLite pragma is ignored inside one.
+    connection.rollback()
+    command.upgrade(config, revision)
 
 
 async def upgrade_database(engine_or_url: AsyncEngine | str, revision: str = "head") -> None:
