@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -97,6 +98,51 @@ async def test_ping_disposed_sqlite_folder_gone(tmp_path: Path) -> None:
         ):
             break
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}")
+    await upgrade_database(engine)
+    assert await ping(engine) is True
+    yield engine
+    await engine.dispose()
+
+
+async def test_ping_sqlite_file_deleted_while_open(
+    sqlite_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # Writes would still succeed, into the unlinked file, and be gone at restart.
+    (tmp_path / "bot.db").unlink()
+    assert await ping(sqlite_engine) is False
+
+
+async def test_ping_sqlite_file_replaced_while_open(
+    sqlite_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    (tmp_path / "other.db").write_bytes(b"")
+    (tmp_path / "other.db").replace(tmp_path / "bot.db")
+    assert await ping(sqlite_engine) is False
+
+
+def chattr(flag: str, path: Path) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+async def test_ping_sqlite_file_not_writable(sqlite_engine: AsyncEngine, tmp_path: Path) -> None:
+    # Tests run as root, for whom chmod 444 changes nothing; the immutable attribute
+    # holds root back too (on ext4 and the like, with CAP_LINUX_IMMUTABLE).
+    path = tmp_path / "bot.db"
+    if not chattr("+i", path):
+        pytest.skip("cannot make the file immutable here (chattr +i)")
+    try:
+        assert await ping(sqlite_engine) is False
+    finally:
+        assert chattr("-i", path)
+    assert await ping(sqlite_engine) is True
 
 
 async def test_upgrade_database_on_migrated_engine_is_noop(

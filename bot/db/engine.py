@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,39 @@ SQLITE_PRAGMAS = (
 PING_TIMEOUT = 3.0
 
 
-def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _set_sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
             cursor.execute(pragma)
+        # The file this connection writes to, for ping() ("" when in memory).
+        cursor.execute("PRAGMA database_list")
+        path = next(row[2] for row in cursor.fetchall() if row[1] == "main")
     finally:
         cursor.close()
+    if path:
+        stat = os.stat(path)
+        record.info["sqlite_file"] = (path, stat.st_dev, stat.st_ino)
+
+
+def _sqlite_file_problem(info: dict[str, Any]) -> str | None:
+    """Why the connection's SQLite file cannot keep what is written, if it cannot.
+
+    SELECT 1 still succeeds on a file deleted or replaced under an open connection (the
+    writes go to the unlinked inode, lost at restart) and on a read-only one.
+    """
+    if "sqlite_file" not in info:
+        return None
+    path, device, inode = info["sqlite_file"]
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return "the SQLite file was deleted"
+    if (stat.st_dev, stat.st_ino) != (device, inode):
+        return "the SQLite file was replaced"
+    if not os.access(path, os.W_OK):
+        return "the SQLite file is not writable"
+    return None
 
 
 def _connect_failure_as_dbapi_error(
@@ -90,12 +117,17 @@ def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSessi
 
 
 async def ping(engine: AsyncEngine) -> bool:
-    """True when the database answers `SELECT 1` within PING_TIMEOUT seconds."""
+    """True when the database answers `SELECT 1` within PING_TIMEOUT seconds and, for
+    SQLite, its file is still the one opened and writable (a few stat calls)."""
     try:
         async with asyncio.timeout(PING_TIMEOUT), engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
+            problem = _sqlite_file_problem(connection.info)
     except Exception as exc:  # a health check reports any failure as "down"
         log.warning("database ping failed: %s", type(exc).__name__)
+        return False
+    if problem is not None:
+        log.warning("database ping failed: %s", problem)
         return False
     return True
 
