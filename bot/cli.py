@@ -23,12 +23,15 @@ log = logging.getLogger("bot")
 # unreachable Starex or Telegram; Docker sends SIGKILL 10 s after SIGTERM.
 STOP_TIMEOUT = 7.0
 # The least a chatty library logger is set to, whatever LOG_LEVEL says: aiogram logs
-# every handled update at INFO, alembic its plugins at every start, and aiosqlite
-# every operation, parameters included, at DEBUG.
+# every handled update at INFO, alembic its plugins at every start, aiosqlite every
+# operation, parameters included, at DEBUG, httpx every Starex request's URL (a
+# look-up's holds the barcode) at INFO, and httpcore every step of one at DEBUG.
 QUIETER_LOGGERS = {
     "aiogram.event": logging.WARNING,
     "alembic.runtime.plugins": logging.WARNING,
     "aiosqlite": logging.INFO,
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
 }
 
 

@@ -463,6 +463,9 @@ def test_full_run_serves_stores_and_stops_on_sigterm(runs: dict[str, Any]) -> No
     output = bot.output
     assert " DEBUG " in output  # LOG_LEVEL=DEBUG: the most there is to leak
     assert "POST /starex/webhook/*** 200" in output, output
+    # httpx logs every request's URL at INFO (a look-up's holds the barcode), httpcore
+    # its every step at DEBUG: WARNING and above only.
+    assert not [line for line in output.splitlines() if " httpx: " in line or " httpcore." in line]
     assert_clean(output)
     with sqlite3.connect(db) as connection:
         events = connection.execute("SELECT barcode, state FROM events").fetchall()
