@@ -33,6 +33,7 @@ QUIETER_LOGGERS = {
     "httpx": logging.WARNING,
     "httpcore": logging.WARNING,
 }
+MIN_REDACTED = 4  # characters; see secrets_of()
 
 
 class RedactingFormatter(logging.Formatter):
@@ -62,7 +63,10 @@ def secrets_of(settings: Settings) -> list[str]:
     values.append(unquote(urlsplit(settings.database_url).password or ""))
     if settings.redis_url is not None:
         values.append(unquote(urlsplit(settings.redis_url.get_secret_value()).password or ""))
-    values = [v for v in values if v.strip()]
+    # A 1-3 character secret (a Starex password is Starex's choice) is left alone:
+    # starred everywhere it would garble every line, and the pattern of stars would
+    # spell it out anyway. Its Authorization header form below is still redacted.
+    values = [v for v in values if len(v.strip()) >= MIN_REDACTED]
     forms = set(values)
     forms.update(quote(v, safe="") for v in values)  # inside URLs
     forms.update(quote(v, safe=":/") for v in values)

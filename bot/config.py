@@ -18,6 +18,10 @@ ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
 _TOKEN = re.compile(r"[0-9]+:[A-Za-z0-9_-]+")
 _REDIS_URL = re.compile(r"^(redis|rediss|unix)://", re.IGNORECASE)
 _URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
+# RFC 3986's unreserved characters: the secret is a path segment of the URL given to
+# Starex, and anything else (`/`, `?`, `%`, a space) makes that URL miss the route.
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
+MIN_WEBHOOK_SECRET = 16
 
 
 class Settings(BaseSettings):
@@ -67,6 +71,24 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("starex_webhook_secret")
+    @classmethod
+    def _url_safe_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Messages never quote the value.
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not _URL_SAFE.fullmatch(secret):
+            raise ValueError(
+                "may hold only Latin letters, digits, '-', '_', '.' and '~' (it is part of a URL)"
+            )
+        if len(secret) < MIN_WEBHOOK_SECRET:
+            raise ValueError(
+                f"must be at least {MIN_WEBHOOK_SECRET} characters long "
+                '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+            )
+        return value
 
     @field_validator("starex_timezone")
     @classmethod

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -187,6 +188,35 @@ def test_rarer_malformed_values(clean_environ: pytest.MonkeyPatch, name: str, va
 
 
 @pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("hook/secret/0123456789", "letters, digits"),  # the route would never match
+        ("hook secret 0123456789", "letters, digits"),
+        ("hook?secret=0123456789", "letters, digits"),
+        ("hook#secret#0123456789", "letters, digits"),
+        ("hook%2Fsecret0123456789", "letters, digits"),
+        ("ключ-0123456789abcdef", "letters, digits"),
+        ("short-secret", "at least 16"),
+    ],
+)
+def test_webhook_secret_must_be_long_and_url_safe(
+    clean_environ: pytest.MonkeyPatch, secret: str, reason: str
+) -> None:
+    clean_environ.setenv("STAREX_WEBHOOK_SECRET", secret)
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    message = str(error.value)
+    assert message.startswith("STAREX_WEBHOOK_SECRET is invalid"), message
+    assert reason in message and secret not in message and "\n" not in message
+
+
+def test_url_safe_webhook_secrets_are_accepted(clean_environ: pytest.MonkeyPatch) -> None:
+    for secret in (secrets.token_urlsafe(32), "Az09-_.~" * 2):
+        clean_environ.setenv("STAREX_WEBHOOK_SECRET", secret)
+        assert load_settings().starex_webhook_path == f"/starex/webhook/{secret}"
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "sqlite+aiosqlite:///data/bot.db",
@@ -258,6 +288,18 @@ def test_formatter_redacts_every_form_of_a_secret(clean_environ: pytest.MonkeyPa
     text = formatter.format(record)
     assert "Traceback" in text and "getMe failed" in text  # the rest of the line survives
     assert not leaked(text) and quoted not in text, text
+
+
+def test_formatter_leaves_very_short_secrets_alone(clean_environ: pytest.MonkeyPatch) -> None:
+    # A 2-letter password (Starex's choice, not ours) starred everywhere would garble
+    # every line, and the pattern of stars would spell it out anyway.
+    clean_environ.setenv("STAREX_PASSWORD", "ab")
+    formatter = RedactingFormatter("%(message)s", secrets_of(load_settings()))
+    credentials = base64.b64encode(f"{LOGIN}:ab".encode()).decode()
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "about a tab; Basic %s", (credentials,), None
+    )
+    assert formatter.format(record) == "about a tab; Basic ***"
 
 
 # --- real runs ---------------------------------------------------------------------------
