@@ -15,6 +15,10 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
@@ -23,6 +27,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
+from aiogram.methods import Response, TelegramMethod
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -36,7 +41,7 @@ from bot.notify.dispatcher import Notifier
 from bot.starex import StarexClient
 from bot.states import StateCatalog
 from bot.telegram.commands import set_bot_commands
-from bot.telegram.middlewares import UserMiddleware
+from bot.telegram.middlewares import UpdatesInFlight, UserMiddleware
 from bot.telegram.parcels import LookupCap, Parcels
 from bot.telegram.routers import build_router
 from bot.webhook.handler import StarexWebhook
@@ -46,6 +51,23 @@ log = logging.getLogger(__name__)
 TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
 SHUTDOWN_GRACE = 5.0
 TELEGRAM_SETUP_TIMEOUT = 15.0
+
+
+class TokenWatch(BaseRequestMiddleware):
+    """Notices Telegram refusing the token mid-run (revoked in @BotFather): from then
+    on nothing works, so the program stops rather than running deaf."""
+
+    def __init__(self) -> None:
+        self.refused = asyncio.Event()
+
+    async def __call__(
+        self, make_request: NextRequestMiddlewareType[Any], bot: Bot, method: TelegramMethod[Any]
+    ) -> Response[Any]:
+        try:
+            return await make_request(bot, method)
+        except TelegramUnauthorizedError:
+            self.refused.set()
+            raise
 
 
 @dataclass
@@ -61,6 +83,8 @@ class App:
     dp: Dispatcher
     notifier: Notifier
     parcels: Parcels
+    updates: UpdatesInFlight
+    token_watch: TokenWatch
     web: web.Application
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -103,6 +127,8 @@ def create_app(
         session=AiohttpSession(api=api),
         default=DefaultBotProperties(parse_mode=ParseMode.HTML),
     )
+    token_watch = TokenWatch()
+    bot.session.middleware(token_watch)
     notifier = Notifier(
         bot,
         session_factory,
@@ -122,9 +148,9 @@ def create_app(
         i18n=i18n,
         parcels=parcels,
     )
-    middleware = UserMiddleware()
-    dp.message.outer_middleware(middleware)
-    dp.callback_query.outer_middleware(middleware)
+    updates = UpdatesInFlight()
+    dp.update.outer_middleware(updates)
+    dp.update.outer_middleware(UserMiddleware())
     dp.include_router(build_router())
 
     def queue_state_check(code: int) -> None:
@@ -173,6 +199,8 @@ def create_app(
         dp=dp,
         notifier=notifier,
         parcels=parcels,
+        updates=updates,
+        token_watch=token_watch,
         web=web_app,
     )
     return app
@@ -282,11 +310,13 @@ async def run(app: App, stop: asyncio.Event) -> None:
         polling_task = spawn(app, _poll(app)) if app.polling else None
         log.info("starex-bot started (%s)", "long polling" if app.polling else "Telegram webhook")
         stopping = asyncio.ensure_future(stop.wait())
-        watched = {stopping} if polling_task is None else {stopping, polling_task}
+        refused = asyncio.ensure_future(app.token_watch.refused.wait())
+        watched = {stopping, refused} if polling_task is None else {stopping, refused, polling_task}
         try:
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            refused.cancel()
     finally:
         log.info("shutting down")
         app.notifier.stop()
@@ -294,12 +324,23 @@ async def run(app: App, stop: asyncio.Event) -> None:
             with contextlib.suppress(RuntimeError):  # polling may not have started yet
                 await app.dp.stop_polling()
         await runner.cleanup()  # stop taking webhooks; in-flight requests finish
-        if notifier_task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(notifier_task), SHUTDOWN_GRACE)
+        await _settle(app, notifier_task)
         await close(app)
     if polling_task is not None and polling_task.done() and not polling_task.cancelled():
         polling_task.result()  # a refused token: raise it for the caller
+    if app.token_watch.refused.is_set():
+        raise ConfigError(TOKEN_REFUSED)
+
+
+async def _settle(app: App, notifier_task: asyncio.Task[Any] | None) -> None:
+    """Up to SHUTDOWN_GRACE for the updates being handled (people waiting for an answer)
+    and the sends already started to finish."""
+    waits = [app.updates.wait()]
+    if notifier_task is not None:
+        waits.append(asyncio.shield(notifier_task))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SHUTDOWN_GRACE):
+            await asyncio.gather(*waits)
 
 
 async def close(app: App) -> None:

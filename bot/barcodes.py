@@ -11,8 +11,13 @@ _IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kin
 _SEPARATORS = re.compile(r"[\s,;]+")
 # Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
 _AROUND = ".,;:!?()[]{}<>«»\"'`“”„‘’"
-# One group of a barcode typed in pieces: digits in it, or a 2-3 letter prefix/suffix.
-_GROUP = re.compile(r"[A-Za-z0-9-]*[0-9][A-Za-z0-9-]*|[A-Za-z]{1,3}")
+# A barcode typed in pieces (`AB 123456789 UZ`, `AB 1234 5678 9UZ`): groups with digits
+# in them, shorter than a whole barcode, and a 1-3 letter prefix or suffix.
+_GROUP = re.compile(r"(?=.*[0-9])[A-Za-z0-9]{1,9}")
+_AFFIX = re.compile(r"[A-Za-z]{1,3}")
+# A first word this long that is a barcode by itself is the whole barcode, and a short
+# word after it is a word (`AB123456789UZ pls`), not a suffix.
+_WHOLE = 10
 
 
 def normalize(text: str) -> str | None:
@@ -35,12 +40,23 @@ def from_args(args: str) -> tuple[str | None, str | None]:
     words = args.split()
     if not words:
         return None, None
-    if all(_GROUP.fullmatch(word) for word in words):
+    if len(words) > 1 and _in_pieces(words):
         whole = normalize("".join(words))
         if whole is not None:
             return whole, None
     rest = " ".join(words[1:]) or None
     return normalize(words[0].strip(_AROUND)), rest
+
+
+def _in_pieces(words: list[str]) -> bool:
+    groups = [_IGNORED.sub("", word) for word in words]
+    first = normalize(groups[0])
+    if first is not None and len(first) >= _WHOLE:
+        return False
+    ends = (groups[0], groups[-1])
+    return all(_GROUP.fullmatch(g) for g in groups[1:-1]) and all(
+        _GROUP.fullmatch(g) or _AFFIX.fullmatch(g) for g in ends
+    )
 
 
 def split_barcodes(text: str) -> tuple[list[str], list[str]]:

@@ -119,9 +119,12 @@ class StateCatalog:
                 await self._refresh_locked()
         return self._states.get(code)
 
-    async def status_name(self, code: int, i18n: Translator, locale: str) -> str:
-        """`code` named for a person in `locale`; an unknown code refreshes first."""
-        info = await self.ensure(code)
+    async def status_name(
+        self, code: int, i18n: Translator, locale: str, *, refresh: bool = True
+    ) -> str:
+        """`code` named for a person in `locale`; an unknown code refreshes first, unless
+        `refresh` is off (Starex has just failed: a person is waiting)."""
+        info = await self.ensure(code) if refresh else self.get(code)
         return i18n.status_name(
             code,
             locale=locale,

@@ -408,3 +408,100 @@ async def test_hostile_starex_text_never_breaks_a_message(
         assert (await web.post(webhook_path(app.settings), json=body)).status_code == 200
     (_, pushed) = await tg.wait_for_messages(2, chat_id=2002)
     assert pushed["text"].count("&lt;&lt;Gift&gt;&gt; &amp; Co &lt;/b&gt;") == 2  # label, status
+
+
+# --- found by a newcomer's trial ----------------------------------------------------------
+
+
+async def test_start_in_capitals_is_understood(app: App, tg: FakeTelegram) -> None:
+    (plain,) = await ask(tg, "/start")
+    (shouted,) = await ask(tg, "/START")
+    assert shouted == plain
+    (deep,) = await ask(tg, f"/START {BARCODE}")
+    assert "following" in deep
+    async with app.session_factory() as session:
+        assert await repo.is_subscribed(session, CHAT, BARCODE)
+
+
+async def test_a_look_up_under_way_is_answered_before_shutdown(
+    tmp_path, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    starex.delay = 2.0
+    async with running(settings):
+        tg.message(CHAT, f"/track {BARCODE}", language_code="en")
+        for _ in range(100):  # "typing…": the handler is waiting for Starex
+            if tg.calls_of("sendChatAction"):
+                break
+            await asyncio.sleep(0.05)
+        assert not tg.sent_messages(CHAT)
+    # Telegram was told the update arrived: it is answered now or never.
+    (trace,) = tg.sent_messages(CHAT)
+    assert "A*** K***" in trace["text"]
+
+
+async def test_unsubscribing_drops_a_change_still_queued(app: App, tg: FakeTelegram) -> None:
+    await ask(tg, f"/subscribe {BARCODE}")
+    tg.fail("sendMessage", chat_id=CHAT, retry_after=2)  # the change must wait
+    async with web_client(app.settings) as web:
+        body = {"barcode": BARCODE, "state": 12, "statetime": "2026-06-16 10:00:00"}
+        assert (await web.post(webhook_path(app.settings), json=body)).status_code == 200
+    for _ in range(100):
+        if tg.calls_of("sendMessage")[-1].status == 429:
+            break
+        await asyncio.sleep(0.05)
+    (bye,) = await ask(tg, f"/unsubscribe {BARCODE}")
+    assert "no longer" in bye
+    await asyncio.sleep(3)  # past retry_after
+    assert tg.sent_messages(CHAT)[-1]["text"] == bye
+    assert await app.notifier.drain_once() == 0
+
+
+async def test_the_apology_is_in_the_language_chosen(app: App, tg: FakeTelegram) -> None:
+    async with app.session_factory() as session, session.begin():
+        await repo.touch_user(session, CHAT, "en")
+        await repo.set_language(session, CHAT, "uz")
+    # The reply is refused (a reason of ours, not the chat's): the handler fails.
+    tg.fail("sendMessage", chat_id=CHAT, status=400, description="Bad Request: odd", times=1)
+    (apology,) = await ask(tg, "/help", language="en")
+    assert apology == app.i18n.gettext(
+        "Sorry, something went wrong. Please try again later.", locale="uz"
+    )
+
+
+async def test_a_keyboard_that_cannot_be_edited_after_subscribing_is_no_error(
+    app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ask(tg, BARCODE)
+    message_id = tg.calls_of("sendMessage")[-1].result["message_id"]
+    tg.fail(
+        "editMessageReplyMarkup", status=400, description="Bad Request: message to edit not found"
+    )
+    tg.callback(CHAT, f"p:sub:{BARCODE}", message_id=message_id)
+    for _ in range(100):
+        if tg.calls_of("editMessageReplyMarkup"):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # an apology, if any, would have come by now
+    (answer,) = tg.calls_of("answerCallbackQuery")
+    assert "Subscribed" in answer.params["text"]
+    assert len(tg.sent_messages(CHAT)) == 1  # the status only, no apology
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    async with app.session_factory() as session:
+        assert await repo.is_subscribed(session, CHAT, BARCODE)
+
+
+async def test_many_subscribes_at_once_stop_at_the_cap(
+    db_url: str, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    settings = make_settings(db_url, tg.base_url, starex.base_url)
+    async with running(settings) as app:
+        async with app.session_factory() as session, session.begin():
+            await repo.touch_user(session, CHAT, "en")
+        for n in range(MAX_SUBSCRIPTIONS + 10):  # one getUpdates batch, handled concurrently
+            tg.message(CHAT, f"/subscribe RACE{n:06d}UZ", language_code="en")
+        await tg.wait_for_messages(MAX_SUBSCRIPTIONS + 10, chat_id=CHAT, timeout=30)
+        async with app.session_factory() as session:
+            assert await repo.count_subscriptions(session, CHAT) == MAX_SUBSCRIPTIONS

@@ -4,6 +4,7 @@ and fake Starex: a person subscribes, Starex posts a change, the person is told 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -109,4 +110,28 @@ async def test_token_refused_by_telegram_stops_with_a_clear_error(
     app = create_app(settings)
     with pytest.raises(ConfigError, match="BOT_TOKEN"):
         await asyncio.wait_for(run(app, asyncio.Event()), 20)
+    assert "Traceback" not in caplog.text
+
+
+async def test_token_revoked_while_running_stops_with_a_clear_error(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    tg, starex = fakes
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    app = create_app(settings)
+    task = asyncio.create_task(run(app, asyncio.Event()))
+    async with web_client(settings) as web:
+        for _ in range(200):
+            with contextlib.suppress(httpx.TransportError):
+                if (await web.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    tg.message(10, "/help")
+    await tg.wait_for_messages(1, chat_id=10)
+    tg.fail(None, status=401, description="Unauthorized", times=None)  # revoked in @BotFather
+    tg.message(10, "/help")  # wakes the long poll; every call from now on is refused
+    with pytest.raises(ConfigError, match="BOT_TOKEN"):
+        await asyncio.wait_for(task, 20)
     assert "Traceback" not in caplog.text

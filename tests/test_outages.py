@@ -110,6 +110,10 @@ async def test_database_server_gone_then_back(
             tg.message(3, "/help", language_code="en")
             (help_text,) = await tg.wait_for_messages(1, chat_id=3)
             assert "/track" in help_text["text"]
+            # What needs the database is an apology for the person, one line for the log.
+            tg.message(3, f"/subscribe {BARCODE}", language_code="en")
+            _, sorry = await tg.wait_for_messages(2, chat_id=3)
+            assert "something went wrong" in sorry["text"]
             seen = len(caplog.records)
             await asyncio.sleep(2)  # chat 2's retry comes due and finds no database
             assert (await web.get("/healthz")).status_code == 503

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
+from bot.i18n import Translator
 from bot.starex import StarexClient
 from bot.states import StateCatalog, StateInfo
+from bot.telegram.parcels import Parcels
 from tests.fake_starex import LOGIN, PASSWORD, FakeStarex
 from tests.fake_telegram import FakeTelegram
 from tests.harness import make_settings, running, web_client
@@ -231,3 +236,51 @@ async def test_app_starts_while_starex_is_down(db_url: str) -> None:
             assert (await web.get("/healthz")).status_code == 200
             assert not app.catalog.fresh and len(app.catalog) == 0
         assert state_requests(starex) >= 1
+
+
+# --- naming the steps of a /track history ----------------------------------------------
+
+
+@pytest.fixture
+def parcels(
+    session_factory: async_sessionmaker[AsyncSession], client: StarexClient, catalog: StateCatalog
+) -> Iterator[Parcels]:
+    i18n = Translator()
+    token = I18n.set_current(i18n)  # what the user middleware does for a message
+    with i18n.use_locale("en"):
+        yield Parcels(client, catalog, i18n, session_factory, ZoneInfo("Asia/Tashkent"))
+    I18n.reset_current(token)
+
+
+async def test_a_trace_step_of_an_unknown_code_refreshes_the_dictionary(
+    parcels: Parcels, catalog: StateCatalog, starex: FakeStarex, clock: Clock
+) -> None:
+    await start(catalog)
+    starex.add_trace("AB123456789UZ", [(1, "2026-06-10 09:00:00"), (44, "2026-06-11 10:00:00")])
+    starex.states.append({"code": 44, "name": "На сортировке", "advanced": "AT_SORTING_CENTER"})
+    clock.now += 61  # past the once-a-minute limit
+    before = state_requests(starex)
+    history = "\n".join(await parcels.history("AB123456789UZ", "en"))
+    assert state_requests(starex) == before + 1
+    named = parcels.i18n.status_name(
+        44, locale="en", name="На сортировке", advanced="AT_SORTING_CENTER"
+    )
+    assert named != "status 44" and named in history
+
+
+async def test_the_stored_history_while_starex_is_down_asks_starex_no_more(
+    parcels: Parcels,
+    catalog: StateCatalog,
+    session_factory: async_sessionmaker[AsyncSession],
+    starex: FakeStarex,
+    clock: Clock,
+) -> None:
+    await start(catalog)
+    async with session_factory() as session, session.begin():
+        await repo.record_event(session, "AB123456789UZ", 44, datetime(2026, 6, 11, 5))
+    starex.fault = DOWN
+    clock.now += 61  # a refresh would be allowed: it must not be tried, Starex just failed
+    before = len(starex.requests)
+    history = "\n".join(await parcels.history("AB123456789UZ", "en"))
+    assert len(starex.requests) == before + 1  # the trace, and no dictionary refresh
+    assert "status 44" in history and "11.06.2026 10:00" in history

@@ -413,6 +413,28 @@ async def fail_pending_for_chat(session: AsyncSession, chat_id: int, error: str)
     return result.rowcount
 
 
+async def drop_pending_for(session: AsyncSession, chat_id: int, barcode: str) -> int:
+    """Give up on a chat's pending rows for one barcode (the person unsubscribed). A row
+    being sent right now is recorded as sent when Telegram answers."""
+    of_barcode = select(Event.id).where(Event.barcode == barcode)
+    result = await session.execute(
+        update(Notification)
+        .where(
+            Notification.chat_id == chat_id,
+            Notification.status == STATUS_PENDING,
+            Notification.event_id.in_(of_barcode),
+        )
+        .values(status=STATUS_FAILED, last_error="unsubscribed")
+    )
+    return result.rowcount
+
+
+async def lock_user(session: AsyncSession, chat_id: int) -> None:
+    """Serialise a person's concurrent changes to their subscriptions (PostgreSQL; SQLite
+    has one writer anyway)."""
+    await session.execute(select(User.chat_id).where(User.chat_id == chat_id).with_for_update())
+
+
 async def count_pending(session: AsyncSession) -> int:
     count = await session.scalar(
         select(func.count()).select_from(Notification).where(Notification.status == STATUS_PENDING)

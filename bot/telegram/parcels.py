@@ -125,7 +125,7 @@ class Parcels:
 
     async def trace(self, barcode: str) -> Trace | Failure:
         try:
-            return await self.starex.get_trace(barcode)
+            found = await self.starex.get_trace(barcode)
         except StarexNotFound:
             return Failure(
                 _("Parcel {barcode} was not found at Starex. Please check the barcode.").format(
@@ -137,6 +137,11 @@ class Parcels:
             log.error("Starex refused our credentials: check STAREX_LOGIN and STAREX_PASSWORD")
         except StarexError as exc:
             log.warning("Starex look-up of %s failed: %s", barcode, exc)
+        else:
+            # Steps are named from the dictionary where Starex left them unnamed.
+            for code in {step.code for step in found.steps}:
+                await self.catalog.ensure(code)
+            return found
         return Failure(_("Starex is not answering right now. Please try again in a few minutes."))
 
     async def history(self, barcode: str, locale: str) -> list[str]:
@@ -154,7 +159,7 @@ class Parcels:
             return [found.text]
         blocks = [f"📦 <b>{esc(barcode)}</b>", f"<i>{found.text}</i>"]
         for event in events:
-            name = await self.catalog.status_name(event.state, self.i18n, locale)
+            name = await self.catalog.status_name(event.state, self.i18n, locale, refresh=False)
             when = format_time(utc_to_local(event.statetime, self.zone))
             blocks.append(f"{when} — <b>{esc(name)}</b>")
         return split_blocks(blocks)
@@ -182,18 +187,18 @@ class Parcels:
         async with self.session_factory() as session:
             event = await repo.latest_event(session, barcode)
         if event is not None:
-            status = await self.stored_status(barcode, event, locale, label)
+            status = await self.stored_status(barcode, event, locale, label, refresh=False)
             return status if found.not_found else f"{status}\n<i>{found.text}</i>"
         return missing if found.not_found and missing else found.text
 
     async def stored_status(
-        self, barcode: str, event: Event, locale: str, label: str | None
+        self, barcode: str, event: Event, locale: str, label: str | None, *, refresh: bool = True
     ) -> str:
         return render_status_line(
             self.i18n,
             locale,
             barcode=barcode,
-            status=await self.catalog.status_name(event.state, self.i18n, locale),
+            status=await self.catalog.status_name(event.state, self.i18n, locale, refresh=refresh),
             when=utc_to_local(event.statetime, self.zone),
             label=label,
         )

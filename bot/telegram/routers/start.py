@@ -41,7 +41,7 @@ async def help_(message: Message) -> None:
 
 def create_router() -> Router:
     router = Router(name=__name__)
-    router.message.register(start_with_barcode, CommandStart(deep_link=True))
-    router.message.register(start, CommandStart())
+    router.message.register(start_with_barcode, CommandStart(deep_link=True, ignore_case=True))
+    router.message.register(start, CommandStart(ignore_case=True))
     router.message.register(help_, Command("help", ignore_case=True))
     return router

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiogram import F, Router
+from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InaccessibleMessage, Message
 from aiogram.utils.chat_action import ChatActionSender
@@ -32,11 +34,21 @@ async def add_subscription(
     Answers to the person are sent after the commit, never inside the transaction.
     """
     async with session_factory() as session, session.begin():
+        await repo.lock_user(session, chat_id)  # two at once must not both pass the cap
         if not await repo.is_subscribed(session, chat_id, barcode) and (
             await repo.count_subscriptions(session, chat_id) >= MAX_SUBSCRIPTIONS
         ):
             return None
         return await repo.subscribe(session, chat_id, barcode, label)
+
+
+async def remove_subscription(
+    session_factory: async_sessionmaker[AsyncSession], chat_id: int, barcode: str
+) -> bool:
+    """True when it was followed. Changes queued for it are not sent any more."""
+    async with session_factory() as session, session.begin():
+        await repo.drop_pending_for(session, chat_id, barcode)
+        return await repo.unsubscribe(session, chat_id, barcode)
 
 
 async def follow(
@@ -66,12 +78,15 @@ async def follow(
     else:
         head = _("You are already following {barcode}.")
     if await parcels.may_look_up(message.chat.id):
-        status = await parcels.current(
-            barcode,
-            locale,
-            label,
-            missing=_("Starex does not know this barcode yet. I will write as soon as it appears."),
-        )
+        async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+            status = await parcels.current(
+                barcode,
+                locale,
+                label,
+                missing=_(
+                    "Starex does not know this barcode yet. I will write as soon as it appears."
+                ),
+            )
     else:  # followed all the same; the status can wait
         status = too_many_lookups()
     await message.answer(
@@ -105,8 +120,7 @@ async def unsubscribe_command(
     if barcode is None:
         await message.answer(barcode_hint(command.args.strip()))
         return
-    async with session_factory() as session, session.begin():
-        removed = await repo.unsubscribe(session, message.chat.id, barcode)
+    removed = await remove_subscription(session_factory, message.chat.id, barcode)
     text = (
         _("🔕 You no longer follow {barcode}.")
         if removed
@@ -173,13 +187,14 @@ async def toggle_subscription(
             )
             return
     else:
-        async with session_factory() as session, session.begin():
-            await repo.unsubscribe(session, query.message.chat.id, barcode)
+        await remove_subscription(session_factory, query.message.chat.id, barcode)
     await query.answer(_("🔔 Subscribed") if subscribe else _("🔕 Unsubscribed"))
     if not isinstance(query.message, InaccessibleMessage):
-        await query.message.edit_reply_markup(
-            reply_markup=parcel_keyboard(barcode, subscribed=subscribe)
-        )
+        # Done and confirmed already: a message too old or gone to edit changes nothing.
+        with contextlib.suppress(TelegramBadRequest):
+            await query.message.edit_reply_markup(
+                reply_markup=parcel_keyboard(barcode, subscribed=subscribe)
+            )
 
 
 def create_router() -> Router:

@@ -1,0 +1,28 @@
+"""Command arguments: a barcode typed in pieces, or a barcode followed by words."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.barcodes import from_args
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("AB123456789UZ for mum", ("AB123456789UZ", "for mum")),
+        ("AB123456789UZ pls", ("AB123456789UZ", "pls")),
+        ("ab123456789uz now", ("AB123456789UZ", "now")),
+        ("AB123456789UZ CD123456789UZ", ("AB123456789UZ", "CD123456789UZ")),
+        ("AB 123456789 UZ", ("AB123456789UZ", None)),
+        ("AB-1234-5678-9UZ", ("AB123456789UZ", None)),
+        ("AB 1234-5678 9 UZ", ("AB123456789UZ", None)),
+        ("1234 5678 9012", ("123456789012", None)),
+        ("AB 1234 for mum", (None, "1234 for mum")),  # words inside are not pieces
+        ("AB1234 5678 9UZ", ("AB123456789UZ", None)),
+    ],
+)
+def test_pieces_are_short_groups_words_are_words(
+    args: str, expected: tuple[str | None, str | None]
+) -> None:
+    assert from_args(args) == expected
