@@ -8,7 +8,8 @@ import re
 # at least one digit, 6..40 long, so that new series keep working.
 _VALID = re.compile(r"(?=.*[0-9])[A-Z0-9]{6,40}")
 _IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kind
-_SEPARATORS = re.compile(r"[\s,;]+")
+# Between barcodes in a message; also what people write around one ("№:AB…", "#AB…").
+_SEPARATORS = re.compile(r"[\s,;:/#№]+")
 # Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
 _AROUND = ".,;:!?()[]{}<>«»\"'`“”„‘’"
 # A barcode typed in pieces (`AB 123456789 UZ`, `AB 1234 5678 9UZ`): groups with digits

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.barcodes import from_args
+from bot.barcodes import from_args, split_barcodes
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,12 @@ def test_pieces_are_short_groups_words_are_words(
     args: str, expected: tuple[str | None, str | None]
 ) -> None:
     assert from_args(args) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["#AB123456789UZ", "номер:AB123456789UZ", "AB123456789UZ/CD987654321UZ", "№ AB123456789UZ"],
+)
+def test_what_people_write_around_a_barcode_is_not_part_of_it(text: str) -> None:
+    found, rejected = split_barcodes(text)
+    assert found[0] == "AB123456789UZ" and not rejected
