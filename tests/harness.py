@@ -41,25 +41,28 @@ def make_settings(db_url: str, telegram_url: str, starex_url: str, **overrides: 
     return load_settings(_env_file=None, **values)
 
 
+async def serving(settings: Settings, task: asyncio.Task[None]) -> None:
+    """Returns once the application `task` runs answers /healthz."""
+    async with web_client(settings) as client:
+        for _ in range(200):
+            if task.done():
+                task.result()  # start-up failed: raise its error here
+            try:
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    raise AssertionError("application did not start")
+
+
 @asynccontextmanager
 async def running(settings: Settings, **app_options: Any) -> AsyncIterator[App]:
     """Starts `run()` like `starex-bot` does and stops it like SIGTERM does."""
     app = create_app(settings, **app_options)
     stop = asyncio.Event()
     task = asyncio.create_task(run(app, stop))
-    base = f"http://127.0.0.1:{settings.port}"
-    async with httpx.AsyncClient(base_url=base) as client:
-        for _ in range(200):
-            if task.done():
-                task.result()  # start-up failed: raise its error here
-            try:
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.05)
-        else:
-            raise AssertionError("application did not start")
+    await serving(settings, task)
     try:
         yield app
     finally:

@@ -4,7 +4,6 @@ and fake Starex: a person subscribes, Starex posts a change, the person is told 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,7 +13,7 @@ from bot.app import create_app, run, telegram_secret_token
 from bot.config import ConfigError
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running, web_client
+from tests.harness import make_settings, running, serving, web_client
 
 BARCODE = "AB123456789UZ"
 
@@ -122,12 +121,7 @@ async def test_token_revoked_while_running_stops_with_a_clear_error(
     )
     app = create_app(settings)
     task = asyncio.create_task(run(app, asyncio.Event()))
-    async with web_client(settings) as web:
-        for _ in range(200):
-            with contextlib.suppress(httpx.TransportError):
-                if (await web.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+    await serving(settings, task)
     tg.message(10, "/help")
     await tg.wait_for_messages(1, chat_id=10)
     tg.fail(None, status=401, description="Unauthorized", times=None)  # revoked in @BotFather
