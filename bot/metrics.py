@@ -35,6 +35,12 @@ class Metrics:
         self.notifications_pending = Gauge(
             "notifications_pending", "Notifications waiting in the outbox", registry=self.registry
         )
+        # An operator alerts when this stops moving: the dispatcher is stuck or dead.
+        self.outbox_read = Gauge(
+            "notifications_outbox_read_timestamp_seconds",
+            "When the dispatcher last finished a round over the outbox (Unix time)",
+            registry=self.registry,
+        )
         self.starex_latency = Histogram(
             "starex_api_request_seconds",
             "Starex API request latency",

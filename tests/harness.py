@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,6 +17,15 @@ from tests.fake_starex import LOGIN, PASSWORD
 
 TOKEN = "123456:TEST-token-never-logged"
 WEBHOOK_SECRET = "hook-secret-never-logged"
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    """Wait for a condition the code under test reaches in its own time."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {seconds} s")
+        await asyncio.sleep(0.05)
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from bot.db import repo
 from bot.db.engine import create_engine, create_session_factory, upgrade_database
 from tests.fake_starex import LOGIN, PASSWORD
 from tests.fake_telegram import FakeTelegram
-from tests.harness import free_port
+from tests.harness import free_port, until
 from tests.test_cli import SECRET, TOKEN, BotProcess, Fakes, assert_clean, environ
 
 ZONE = ZoneInfo("Asia/Tashkent")  # STAREX_TIMEZONE's default: statetimes are local to it
@@ -129,14 +129,6 @@ def delivered(tg: FakeTelegram) -> Counter[Key]:
         assert key is not None, f"not a notification: {call.params}"
         keys[key] += 1
     return keys
-
-
-async def until(check: Callable[[], Any], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds:.0f} s")
-        await asyncio.sleep(0.1)
 
 
 async def all_delivered_exactly_once(fakes: Fakes, expected: Counter[Key], seconds: float) -> None:

@@ -32,13 +32,14 @@ from bot.starex import StarexClient
 from bot.states import StateCatalog
 from tests.fake_starex import LOGIN, PASSWORD, FakeStarex
 from tests.fake_telegram import Call, FakeTelegram
-from tests.harness import TOKEN
+from tests.harness import TOKEN, until
 
 BARCODE = "AB123456789UZ"
 A, B, C = 101, 102, 103
 # Stored times are naive UTC; Tashkent is UTC+5, so people read 14:30.
 T = datetime(2026, 6, 15, 9, 30)
 HOUR = timedelta(hours=1)
+OUTBOX_READ = "notifications_outbox_read_timestamp_seconds"
 
 
 class Clock:
@@ -60,7 +61,9 @@ class Env:
     clock: Clock
     bots: list[Bot] = field(default_factory=list)
 
-    def notifier(self, *, api_url: str | None = None, **options: object) -> Notifier:
+    def notifier(
+        self, *, api_url: str | None = None, metrics: Metrics | None = None, **options: object
+    ) -> Notifier:
         api = TelegramAPIServer.from_base(api_url or self.tg.base_url)
         bot = Bot(
             TOKEN,
@@ -74,7 +77,7 @@ class Env:
             i18n=Translator(default_locale="ru"),
             catalog=self.catalog,
             zone=ZoneInfo("Asia/Tashkent"),
-            metrics=Metrics(),
+            metrics=metrics or Metrics(),
             **{"poll_interval": 0.05, "base_backoff": 0.1, **options},  # type: ignore[arg-type]
         )
 
@@ -459,10 +462,17 @@ async def test_gives_up_after_max_attempts(env: Env, caplog: pytest.LogCaptureFi
 
 async def test_wake_sends_promptly_and_stop_ends_run(env: Env) -> None:
     await add_user(env, A, language="en")
-    notifier = env.notifier(poll_interval=30)
+    metrics = Metrics()
+    notifier = env.notifier(poll_interval=30, metrics=metrics)
     task = asyncio.create_task(notifier.run())
     try:
-        await asyncio.sleep(0.2)  # the first drain found nothing; the loop sleeps
+
+        async def first_round_over() -> bool:
+            return bool(metrics.registry.get_sample_value(OUTBOX_READ))
+
+        # Only once the first round found nothing does the loop sleep; a row added
+        # while that round still reads the outbox would rightly be sent unwoken.
+        await until(first_round_over, 5, "the first round over the empty outbox")
         await add_event(env, 9, T)
         await asyncio.sleep(0.3)
         assert attempts(env.tg, A) == []  # nobody looks before being woken

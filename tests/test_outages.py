@@ -20,7 +20,7 @@ from bot.db import repo
 from bot.db.models import STATUS_SENT, Event, Notification
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running, web_client
+from tests.harness import make_settings, running, until, web_client
 from tests.tcp_proxy import TcpProxy
 
 BARCODE = "AB123456789UZ"
@@ -41,14 +41,6 @@ async def follow(app: App, barcode: str, *chats: int) -> None:
         for chat in chats:
             await repo.touch_user(session, chat, "en")
             await repo.subscribe(session, chat, barcode)
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {seconds} s")
-        await asyncio.sleep(0.05)
 
 
 def all_sent(app: App, n: int) -> Callable[[], Awaitable[bool]]:

@@ -19,7 +19,7 @@ from bot.states import StateCatalog, StateInfo
 from bot.telegram.parcels import Parcels
 from tests.fake_starex import LOGIN, PASSWORD, FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running, web_client
+from tests.harness import make_settings, running, until, web_client
 
 DOWN = (502, "<html>Bad Gateway</html>")
 
@@ -109,8 +109,12 @@ async def test_without_cache_starts_empty_and_keep_fresh_fills_it(
 
     task = asyncio.create_task(catalog.keep_fresh(interval=60.0, retry=0.05))
     try:
-        await asyncio.sleep(0.2)
-        assert len(catalog) == 0 and state_requests(starex) >= 2  # it keeps trying
+
+        async def tried_again() -> bool:
+            return state_requests(starex) >= 2
+
+        await until(tried_again, 5, "a second try at the dictionary")  # it keeps trying
+        assert len(catalog) == 0
         starex.fault = None
         for _ in range(250):
             if catalog.fresh:

@@ -136,6 +136,7 @@ class Notifier:
         )
         async with self._session_factory() as session:
             self._next_due = await repo.next_attempt_at(session)
+        self._metrics.outbox_read.set_to_current_time()
         delivered = 0
         for result in results:
             if isinstance(result, BaseException):
