@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -213,12 +212,12 @@ async def test_retry_after_delays_only_that_chat(env: Env) -> None:
 
     first, retry, second = attempts(env.tg, A)
     assert first.status == 429 and retry.ok and second.ok
-    assert 3.0 <= retry.at - first.at < 4.5  # not sooner, and not only at the next poll
+    assert 3.0 <= retry.at - first.at < 10  # not sooner, and not only at the next poll (30 s)
     registered, delivered = texts(env.tg, A)
     assert "Registered" in registered and "Delivered" in delivered
     for chat in (B, C):
         one, two = env.tg.sent_calls(chat)
-        assert one.at - first.at < 0.5 and two.at < retry.at
+        assert one.at - first.at < 2 and two.at < retry.at  # not behind A's 3 s wait
     assert await notifier.drain_once() == 0
     await asyncio.sleep(0.2)
     assert len(env.tg.sent_calls(A)) == 2
@@ -477,15 +476,11 @@ async def test_wake_sends_promptly_and_stop_ends_run(env: Env) -> None:
         await asyncio.sleep(0.3)
         assert attempts(env.tg, A) == []  # nobody looks before being woken
 
-        started = time.monotonic()
         notifier.wake()
-        await env.tg.wait_for_messages(1, chat_id=A, timeout=2)
-        assert time.monotonic() - started < 1.0
+        await env.tg.wait_for_messages(1, chat_id=A, timeout=5)  # not the 30 s poll
 
-        started = time.monotonic()
         notifier.stop()
-        await asyncio.wait_for(asyncio.shield(task), 2)
-        assert time.monotonic() - started < 0.5
+        await asyncio.wait_for(asyncio.shield(task), 2)  # not the 30 s poll either
     finally:
         notifier.stop()
         await asyncio.wait_for(task, 5)
