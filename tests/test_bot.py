@@ -135,6 +135,25 @@ async def test_plain_message_with_several_barcodes(app: App, tg: FakeTelegram) -
     assert f"p:sub:{BARCODE}" in buttons and f"p:trace:{BARCODE}" in buttons
 
 
+async def test_photo_with_a_barcode_caption_is_looked_up(app: App, tg: FakeTelegram) -> None:
+    def photo(caption: str | None) -> dict:
+        update = tg.make_message(CHAT, caption or "")
+        del update["message"]["text"]
+        update["message"]["photo"] = [
+            {"file_id": "label", "file_unique_id": "label", "width": 90, "height": 90}
+        ]
+        if caption is not None:
+            update["message"]["caption"] = caption
+        return update
+
+    tg.push_update(photo(f"label of {BARCODE.lower()}"))
+    (status,) = await tg.wait_for_messages(1, chat_id=CHAT)
+    assert "Delivered" in status["text"] and status["reply_markup"]["inline_keyboard"]
+    tg.push_update(photo(None))
+    (_, bare) = await tg.wait_for_messages(2, chat_id=CHAT)
+    assert "did not understand" in bare["text"]
+
+
 async def test_buttons_subscribe_and_show_history(app: App, tg: FakeTelegram) -> None:
     await ask(tg, BARCODE)
     message_id = tg.calls_of("sendMessage")[-1].result["message_id"]

@@ -56,7 +56,8 @@ async def barcodes_in_text(
     session_factory: async_sessionmaker[AsyncSession],
     locale: str,
 ) -> None:
-    barcodes, rejected = split_barcodes(message.text or "")
+    # A shop often sends a photo of the label with the barcode typed as its caption.
+    barcodes, rejected = split_barcodes(message.text or message.caption or "")
     if not barcodes:
         await message.answer(barcode_hint(rejected[0] if len(rejected) == 1 else None))
         return
@@ -87,4 +88,5 @@ def create_router() -> Router:
     router.message.register(track_command, Command("track", ignore_case=True))
     router.callback_query.register(trace_button, ParcelAction.filter(F.action == "trace"))
     router.message.register(barcodes_in_text, F.text, ~F.text.startswith("/"))
+    router.message.register(barcodes_in_text, F.caption, ~F.caption.startswith("/"))
     return router
