@@ -6,7 +6,7 @@ Every string from outside (Starex names, labels, recipients) goes through `esc`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from html import escape
 from zoneinfo import ZoneInfo
@@ -34,8 +34,11 @@ def mask_name(name: str | None) -> str:
     return " ".join(f"{w[0]}***" for w in words)
 
 
-def format_time(moment: datetime) -> str:
-    return moment.strftime("%d.%m.%Y %H:%M")
+def format_time(moment: date) -> str:
+    """A datetime to the minute; a day alone when Starex gave no time of day."""
+    if isinstance(moment, datetime):
+        return moment.strftime("%d.%m.%Y %H:%M")
+    return moment.strftime("%d.%m.%Y")
 
 
 def utc_to_local(moment: datetime, zone: ZoneInfo) -> datetime:

@@ -253,6 +253,19 @@ def test_long_trace_splits_under_limit_in_order(i18n: Translator) -> None:
     assert "A*** K***" in joined and "Karimov" not in joined
 
 
+@pytest.mark.parametrize(
+    ("date", "shown"),
+    [("2026-06-01 09:05:00", "01.06.2026 09:05"), ("2026-06-01", "01.06.2026"), (None, None)],
+)
+def test_acceptance_date_shown_as_given(
+    i18n: Translator, date: str | None, shown: str | None
+) -> None:
+    trace = Trace.model_validate({"barcode": "AB123456789UZ", "date": date, "trace": []})
+    (text,) = render_trace(i18n, "en", trace, lambda step: str(step.code))
+    accepted = [line for line in text.split("\n") if line.startswith("Accepted")]
+    assert accepted == ([f"Accepted: {shown}"] if shown else [])
+
+
 def test_split_blocks_never_exceeds_limit() -> None:
     blocks = ["a" * 40] * 10 + ["b" * 200]
     messages = split_blocks(blocks, limit=100)

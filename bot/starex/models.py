@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from datetime import date as calendar_date
 from datetime import datetime
 from typing import TypeVar
 
@@ -64,7 +65,7 @@ class TraceStep(BaseModel):
 
 class Trace(BaseModel):
     barcode: str
-    date: datetime | None = None
+    date: datetime | calendar_date | None = None
     weight: float | None = None
     recipient: str | None = None
     steps: list[TraceStep] = Field(
@@ -73,8 +74,11 @@ class Trace(BaseModel):
 
     @field_validator("date", mode="before")
     @classmethod
-    def _parse_date(cls, value: object) -> datetime | None:
-        return _naive_time(value)
+    def _parse_date(cls, value: object) -> datetime | calendar_date | None:
+        parsed = _naive_time(value)
+        if parsed is not None and isinstance(value, str) and len(value.strip()) <= 10:
+            return parsed.date()  # a bare day: not shown with an invented 00:00
+        return parsed
 
     @field_validator("weight", mode="before")
     @classmethod
