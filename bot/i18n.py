@@ -28,6 +28,11 @@ def locales_dir() -> Path:
 STATUS_CONTEXT = "status"
 
 
+def N_(message: str) -> str:
+    """Marks a msgid for extraction; translated where it is shown."""
+    return message
+
+
 def pgettext_noop(context: str, message: str) -> str:
     """Marks a msgid with a context for extraction; translated later by `status_name`."""
     return message

@@ -450,13 +450,13 @@ async def stats(session: AsyncSession) -> dict[str, int]:
 
     return {
         "users": await count(select(func.count()).select_from(User)),
-        "active users": await count(
+        "active_users": await count(
             select(func.count()).select_from(User).where(User.is_active.is_(True))
         ),
         "subscriptions": await count(select(func.count()).select_from(Subscription)),
         "events": await count(select(func.count()).select_from(Event)),
-        "pending notifications": await count_pending(session),
-        "failed notifications": await count(
+        "pending_notifications": await count_pending(session),
+        "failed_notifications": await count(
             select(func.count())
             .select_from(Notification)
             .where(Notification.status == STATUS_FAILED)

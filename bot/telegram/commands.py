@@ -6,13 +6,7 @@ from aiogram import Bot
 from aiogram.types import BotCommand
 
 from bot.config import LANGUAGES
-from bot.i18n import Translator
-
-
-def N_(message: str) -> str:
-    """Marks a msgid for extraction; translated where it is shown."""
-    return message
-
+from bot.i18n import N_, Translator
 
 COMMANDS = (
     ("start", N_("Welcome and how-to")),

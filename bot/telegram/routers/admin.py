@@ -8,6 +8,16 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.config import Settings
 from bot.db import repo
+from bot.i18n import N_
+
+LABELS = {
+    "users": N_("Users"),
+    "active_users": N_("Active users (not blocked)"),
+    "subscriptions": N_("Subscriptions"),
+    "events": N_("Status changes received"),
+    "pending_notifications": N_("Notifications waiting"),
+    "failed_notifications": N_("Notifications not delivered (blocked, or given up)"),
+}
 
 
 def is_admin(message: Message, settings: Settings) -> bool:
@@ -18,7 +28,7 @@ def is_admin(message: Message, settings: Settings) -> bool:
 async def stats(message: Message, session_factory: async_sessionmaker[AsyncSession]) -> None:
     async with session_factory() as session:
         figures = await repo.stats(session)
-    lines = [_("Statistics:")] + [f"{name}: {value}" for name, value in figures.items()]
+    lines = [_("Statistics:")] + [f"{_(LABELS[name])}: {value}" for name, value in figures.items()]
     await message.answer("\n".join(lines))
 
 
