@@ -28,6 +28,7 @@ from aiogram.exceptions import (
     TelegramUnauthorizedError,
 )
 from aiogram.methods import Response, TelegramMethod
+from aiogram.types import Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -97,6 +98,21 @@ def telegram_secret_token(settings: Settings) -> str:
     """Secret Telegram echoes in X-Telegram-Bot-Api-Secret-Token; derived, never configured."""
     digest = hashlib.sha256(b"telegram-webhook:" + settings.bot_token.get_secret_value().encode())
     return digest.hexdigest()
+
+
+class TelegramWebhook(SimpleRequestHandler):
+    """aiogram's handler, except that a body that is not an update gets a 400 instead of
+    aiogram's 500 (or a traceback from its background task). Only a holder of the
+    secret token gets this far; aiohttp keeps the body, so aiogram reads it again."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        secret = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if self.verify_secret(secret, self.bot):
+            try:
+                Update.model_validate(await request.json(), context={"bot": self.bot})
+            except ValueError:  # not JSON, not UTF-8, or not an Update
+                return web.Response(status=400, text="not a Telegram update")
+        return await super().handle(request)
 
 
 def create_app(
@@ -183,7 +199,7 @@ def create_app(
         [*starex_webhook.routes(), web.get("/healthz", healthz), web.get("/metrics", metrics_view)]
     )
     if settings.telegram_webhook_url is not None:
-        SimpleRequestHandler(
+        TelegramWebhook(
             dispatcher=dp, bot=bot, secret_token=telegram_secret_token(settings)
         ).register(web_app, path=TELEGRAM_WEBHOOK_PATH)
 

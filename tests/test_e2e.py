@@ -74,6 +74,9 @@ async def test_telegram_webhook_mode_checks_the_secret_token(
             assert response.status_code == 401
         assert not tg.sent_messages(55)
         good = {"X-Telegram-Bot-Api-Secret-Token": telegram_secret_token(settings)}
+        for body in (b"not json", b"\xff\xfe", b"[]", b'{"update_id": "x"}'):
+            response = await web.post("/telegram/webhook", content=body, headers=good)
+            assert response.status_code == 400, body
         response = await web.post("/telegram/webhook", json=update, headers=good)
         assert response.status_code == 200
         (reply,) = await tg.wait_for_messages(1, chat_id=55)
