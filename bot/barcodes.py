@@ -8,6 +8,9 @@ import re
 # at least one digit, 6..40 long, so that new series keep working.
 _VALID = re.compile(r"(?=.*[0-9])[A-Z0-9]{6,40}")
 _IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kind
+# On a Russian keyboard layout "АВ123456789UZ" looks right and is Cyrillic: read the
+# letters that look the same as the Latin ones they look like.
+_LOOK_ALIKES = str.maketrans("АВЕКМНОРСТУХавекмнорстух", "ABEKMHOPCTYXABEKMHOPCTYX")
 # Between barcodes in a message; also what people write around one ("№:AB…", "#AB…").
 _SEPARATORS = re.compile(r"[\s,;:/#№]+")
 # Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
@@ -23,7 +26,7 @@ _WHOLE = 10
 
 def normalize(text: str) -> str | None:
     """One barcode as typed (spaces and dashes allowed) -> canonical form, or None."""
-    candidate = _IGNORED.sub("", text)
+    candidate = _IGNORED.sub("", text).translate(_LOOK_ALIKES)
     # isascii first: upper() turns some letters into ASCII ones ("ﬀ" -> "FF").
     if not candidate.isascii():
         return None
@@ -50,7 +53,7 @@ def from_args(args: str) -> tuple[str | None, str | None]:
 
 
 def _in_pieces(words: list[str]) -> bool:
-    groups = [_IGNORED.sub("", word) for word in words]
+    groups = [_IGNORED.sub("", word).translate(_LOOK_ALIKES) for word in words]
     first = normalize(groups[0])
     if first is not None and len(first) >= _WHOLE:
         return False

@@ -20,6 +20,8 @@ from bot.barcodes import from_args, split_barcodes
         ("1234 5678 9012", ("123456789012", None)),
         ("AB 1234 for mum", (None, "1234 for mum")),  # words inside are not pieces
         ("AB1234 5678 9UZ", ("AB123456789UZ", None)),
+        ("АВ 123456789 UZ", ("AB123456789UZ", None)),  # Cyrillic А and В
+        ("АВ123456789UZ для мамы", ("AB123456789UZ", "для мамы")),
     ],
 )
 def test_pieces_are_short_groups_words_are_words(

@@ -34,7 +34,10 @@ def i18n() -> Translator:
         ("ABCDEFGH", None),  # no digit: a word, not a barcode
         ("12345", None),
         ("AB123456789UZ!", None),
-        ("А123456789", None),  # Cyrillic А
+        ("АВ123456789UZ", "AB123456789UZ"),  # Cyrillic А and В, typed on a Russian layout
+        ("ав-123456789uz", "AB123456789UZ"),
+        ("Ж123456789", None),  # Cyrillic that looks like no Latin letter
+        ("AB123456789ЮZ", None),
     ],
 )
 def test_normalize(typed: str, expected: str | None) -> None:
