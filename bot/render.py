@@ -69,6 +69,11 @@ def split_blocks(blocks: Iterable[str], limit: int = TELEGRAM_LIMIT) -> list[str
 StatusName = Callable[[TraceStep], str]
 
 
+def parcel_title(barcode: str, label: str | None = None) -> str:
+    title = f"📦 <b>{esc(barcode)}</b>"
+    return f"{title} — {esc(label)}" if label else title
+
+
 def render_notification(
     i18n: Translator,
     locale: str,
@@ -79,11 +84,8 @@ def render_notification(
     label: str | None = None,
 ) -> str:
     _ = partial(i18n.gettext, locale=locale)
-    title = f"📦 <b>{esc(barcode)}</b>"
-    if label:
-        title += f" — {esc(label)}"
     lines = [
-        title,
+        parcel_title(barcode, label),
         _("New status: <b>{status}</b>").format(status=esc(status)),
         _("Time: {time}").format(time=format_time(when)),
     ]
@@ -100,9 +102,7 @@ def render_status_line(
     label: str | None = None,
 ) -> str:
     _ = partial(i18n.gettext, locale=locale)
-    line = f"📦 <b>{esc(barcode)}</b>"
-    if label:
-        line += f" — {esc(label)}"
+    line = parcel_title(barcode, label)
     if status is None:
         return line + "\n" + _("No status received yet.")
     suffix = f" ({format_time(when)})" if when else ""
@@ -112,7 +112,7 @@ def render_status_line(
 def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: StatusName) -> list[str]:
     """The full decoded history, oldest first, split under Telegram's limit."""
     _ = partial(i18n.gettext, locale=locale)
-    header = [f"📦 <b>{esc(trace.barcode)}</b>"]
+    header = [parcel_title(trace.barcode)]
     if trace.date:
         header.append(_("Accepted: {date}").format(date=format_time(trace.date)))
     if trace.weight is not None:

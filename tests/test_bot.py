@@ -101,6 +101,19 @@ async def test_track_errors_are_friendly(app: App, tg: FakeTelegram, starex: Fak
     assert "try again" in down and "oops" not in down
 
 
+async def test_starex_down_replies_still_name_each_parcel(
+    app: App, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    starex.fault = (503, "down")
+    first, second = "AB111111111UZ", "AB222222222UZ"  # nothing stored for either
+    replies = await ask(tg, f"{first} {second}", replies=2)
+    for barcode, text in zip((first, second), replies, strict=True):
+        assert barcode in text and UNAVAILABLE["en"] in text
+    await ask(tg, f"/subscribe {first}")
+    (listing,) = await ask(tg, "/list")
+    assert first in listing and UNAVAILABLE["en"] in listing
+
+
 async def test_subscribe_list_unsubscribe(app: App, tg: FakeTelegram) -> None:
     (text,) = await ask(tg, f"/subscribe {BARCODE} <<Gift>> & Co")
     assert "following" in text and "Delivered" in text

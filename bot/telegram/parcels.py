@@ -19,6 +19,7 @@ from bot.i18n import Translator
 from bot.render import (
     esc,
     format_time,
+    parcel_title,
     render_status_line,
     render_trace,
     split_blocks,
@@ -155,9 +156,7 @@ class Parcels:
             return [found.text]
         async with self.session_factory() as session:
             events = await repo.events_for(session, barcode)
-        if not events:
-            return [found.text]
-        blocks = [f"📦 <b>{esc(barcode)}</b>", f"<i>{found.text}</i>"]
+        blocks = [parcel_title(barcode), f"<i>{found.text}</i>"]
         for event in events:
             name = await self.catalog.status_name(event.state, self.i18n, locale, refresh=False)
             when = format_time(utc_to_local(event.statetime, self.zone))
@@ -189,7 +188,10 @@ class Parcels:
         if event is not None:
             status = await self.stored_status(barcode, event, locale, label, refresh=False)
             return status if found.not_found else f"{status}\n<i>{found.text}</i>"
-        return missing if found.not_found and missing else found.text
+        if found.not_found:
+            return missing or found.text
+        # Starex is down and nothing is stored: still say which parcel this is about.
+        return f"{parcel_title(barcode, label)}\n<i>{found.text}</i>"
 
     async def stored_status(
         self, barcode: str, event: Event, locale: str, label: str | None, *, refresh: bool = True
