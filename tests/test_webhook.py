@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -183,6 +184,25 @@ async def test_storage_failure_is_503_and_health_follows(app: App, client: TestC
             assert (await broken_client.get("/healthz")).status == 503
     finally:
         await close(broken)
+
+
+async def test_sqlite_file_deleted_under_the_bot_is_503_not_200(
+    tmp_path: Path, tg: FakeTelegram
+) -> None:
+    db = tmp_path / "bot.db"
+    app = create_app(make_settings(f"sqlite+aiosqlite:///{db}", tg.base_url, "http://127.0.0.1:9"))
+    await upgrade_database(app.engine)
+    try:
+        async with TestClient(TestServer(app.web)) as client:
+            assert (await client.post(URL, json=event())).status == 200
+            # Writes would still succeed, into the unlinked file, and vanish at restart.
+            db.unlink()
+            later = event(statetime="2026-06-16 10:00:00")
+            response = await client.post(URL, json=later)
+            assert response.status == 503 and (await response.json())["ok"] is False
+            assert (await client.get("/healthz")).status == 503
+    finally:
+        await close(app)
 
 
 async def test_metrics_count_webhooks(app: App, client: TestClient) -> None:

@@ -77,6 +77,17 @@ def _sqlite_file_problem(info: dict[str, Any]) -> str | None:
     return None
 
 
+class SQLiteFileGone(OSError):
+    """The SQLite file cannot keep what is written (deleted, replaced or read-only)."""
+
+
+async def check_sqlite_file(session: AsyncSession) -> None:
+    """Raise SQLiteFileGone inside a transaction that must not be reported as stored."""
+    problem = _sqlite_file_problem((await session.connection()).info)
+    if problem is not None:
+        raise SQLiteFileGone(problem)
+
+
 def _connect_failure_as_dbapi_error(
     dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
 ) -> Any:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
+from bot.db.engine import check_sqlite_file
 from bot.metrics import Metrics
 from bot.webhook.payload import MAX_BODY, BadPayload, parse_event
 
@@ -71,6 +72,8 @@ class StarexWebhook:
                 result = await repo.record_event(
                     session, event.barcode, event.state, event.statetime
                 )
+                # A deleted SQLite file still takes writes, lost at restart: no 200 for it.
+                await check_sqlite_file(session)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("webhook not stored, answering 503: %s", type(exc).__name__)
             return self._reject(503, "storage", "storage unavailable, retry later")
