@@ -15,7 +15,7 @@ from bot.telegram.parcels import LOOKUPS_PER_MINUTE
 from bot.telegram.routers.subscriptions import MAX_SUBSCRIPTIONS
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running, web_client, webhook_path
+from tests.harness import make_settings, running, until, web_client, webhook_path
 
 CHAT = 1001
 BARCODE = "AB123456789UZ"
@@ -99,6 +99,21 @@ async def test_track_errors_are_friendly(app: App, tg: FakeTelegram, starex: Fak
     starex.fault = (500, "<html>oops</html>")
     (down,) = await ask(tg, f"/track {BARCODE}")
     assert "try again" in down and "oops" not in down
+
+
+async def test_subscribing_again_with_a_label_renames_it(app: App, tg: FakeTelegram) -> None:
+    await ask(tg, f"/subscribe {BARCODE}")
+    (again,) = await ask(tg, f"/subscribe {BARCODE} Gift for mum")
+    assert "already" in again and "Gift for mum" in again
+    await ask(tg, BARCODE)  # a plain look-up, then its subscribe button: no label given
+    tg.callback(CHAT, f"p:sub:{BARCODE}")
+
+    async def answered() -> bool:
+        return bool(tg.calls_of("answerCallbackQuery"))
+
+    await until(answered, 5, "the tap answered")
+    (listing,) = await ask(tg, "/list")
+    assert "Gift for mum" in listing
 
 
 async def test_starex_down_replies_still_name_each_parcel(

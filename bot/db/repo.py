@@ -97,7 +97,8 @@ async def deactivate_user(session: AsyncSession, chat_id: int) -> bool:
 async def subscribe(
     session: AsyncSession, chat_id: int, barcode: str, label: str | None = None
 ) -> bool:
-    """True when newly subscribed, False when it already existed (its label is kept).
+    """True when newly subscribed, False when it already existed. A label given again
+    replaces the old one; none given (a button) keeps it.
 
     The user must exist (touch_user first): chat_id is a foreign key.
     """
@@ -106,7 +107,14 @@ async def subscribe(
         .values(chat_id=chat_id, barcode=barcode, label=label)
         .on_conflict_do_nothing(index_elements=[Subscription.chat_id, Subscription.barcode])
     )
-    return result.rowcount == 1
+    created = result.rowcount == 1
+    if not created and label is not None:
+        await session.execute(
+            update(Subscription)
+            .where(Subscription.chat_id == chat_id, Subscription.barcode == barcode)
+            .values(label=label)
+        )
+    return created
 
 
 async def unsubscribe(session: AsyncSession, chat_id: int, barcode: str) -> bool:
