@@ -47,7 +47,7 @@ class StateCatalog:
         self._timeout = refresh_timeout
         self._clock = clock
         self._states: dict[int, StateInfo] = {}
-        self._last_attempt: float | None = None
+        self._last_on_unknown: float | None = None  # when ensure() last asked Starex
         self._lock = asyncio.Lock()
         self.fresh = False  # True once a fetch from Starex has succeeded
 
@@ -69,7 +69,6 @@ class StateCatalog:
             return await self._refresh_locked()
 
     async def _refresh_locked(self) -> bool:
-        self._last_attempt = self._clock()
         try:
             async with asyncio.timeout(self._timeout):
                 states = await self._starex.get_states()
@@ -107,15 +106,17 @@ class StateCatalog:
 
     async def ensure(self, code: int) -> StateInfo | None:
         """The entry for `code`, refreshing first when it is unknown (at most once per
-        `min_refresh_interval`, failed attempts included)."""
+        `min_refresh_interval`, failed attempts included). Start-up and periodic fetches
+        do not count: a code Starex added since then must still be fetched."""
         if code in self._states:
             return self._states[code]
         async with self._lock:
             recently = (
-                self._last_attempt is not None
-                and self._clock() - self._last_attempt < self._min_interval
+                self._last_on_unknown is not None
+                and self._clock() - self._last_on_unknown < self._min_interval
             )
             if code not in self._states and not recently:
+                self._last_on_unknown = self._clock()
                 await self._refresh_locked()
         return self._states.get(code)
 

@@ -140,30 +140,28 @@ async def test_unknown_code_refreshes_at_most_once_per_interval(
 
     assert await catalog.ensure(9) == StateInfo("Доставлен", "COMPLETE")  # known: no request
     clock.now += 10
-    assert await catalog.ensure(77) is None  # start-up fetched 10 s ago: too soon
-    assert state_requests(starex) == 1
-
-    clock.now += 51  # 61 s after the last fetch
-    # Several unknown codes at once (a burst of webhooks): one fetch for all.
-    results = await asyncio.gather(*(catalog.ensure(code) for code in (77, 78, 79, 77)))
-    assert results == [None] * 4
-    assert state_requests(starex) == 2
-
+    # Starex added a status after our start-up fetch: that fetch does not hold this one back.
     starex.states.append({"code": 77, "name": "На таможне", "advanced": "CUSTOMS"})
-    clock.now += 59
-    assert await catalog.ensure(77) is None  # Starex knows it now, but it is too soon
-    assert state_requests(starex) == 2
-    clock.now += 1
     assert await catalog.ensure(77) == StateInfo("На таможне", "CUSTOMS")
+    assert state_requests(starex) == 2
+
+    clock.now += 10
+    assert await catalog.ensure(78) is None  # the last unknown code asked 10 s ago: too soon
+    assert state_requests(starex) == 2
+
+    clock.now += 50  # 60 s after it
+    # Several unknown codes at once (a burst of webhooks): one fetch for all.
+    results = await asyncio.gather(*(catalog.ensure(code) for code in (78, 79, 80, 78)))
+    assert results == [None] * 4
     assert state_requests(starex) == 3
 
     # Failed attempts count too: a Starex outage is not hammered once per webhook.
     starex.fault = DOWN
     clock.now += 60
-    assert await catalog.ensure(80) is None
+    assert await catalog.ensure(81) is None
     for _ in range(5):
         clock.now += 5
-        assert await catalog.ensure(80) is None
+        assert await catalog.ensure(81) is None
     assert state_requests(starex) == 4
     assert catalog.get(77) is not None  # a failure keeps what was known
 
