@@ -134,6 +134,7 @@ def create_app(
         timeout=starex_timeout,
         transport=starex_transport,
         on_request=metrics.observe_starex,
+        zone=settings.zone,
     )
     i18n = Translator(default_locale=settings.default_language)
     catalog = StateCatalog(session_factory, starex)

@@ -3,6 +3,7 @@ import base64
 import logging
 import time
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -79,6 +80,7 @@ async def client(api, calls):
         timeout=2.0,
         backoff=0,
         on_request=lambda endpoint, seconds, error: calls.append((endpoint, seconds, error)),
+        zone=ZoneInfo("Asia/Tashkent"),
     )
     yield starex
     await starex.aclose()
@@ -209,7 +211,7 @@ async def test_trace_null_means_no_steps(api, client):
 
 @pytest.mark.parametrize(
     "statetime",
-    ["", "   ", "yesterday", "0000-00-00 00:00:00", 1718000000, "2026-06-15 14:30:00+05:00"],
+    ["", "   ", "yesterday", "0000-00-00 00:00:00", 1718000000],
 )
 async def test_bad_statetime_becomes_none_without_losing_the_trace(api, client, statetime):
     api["trace"].respond(
@@ -224,6 +226,21 @@ async def test_bad_statetime_becomes_none_without_losing_the_trace(api, client, 
     trace = await client.get_trace(BARCODE)
 
     assert [s.statetime for s in trace.steps] == [None, datetime(2026, 6, 15, 14, 30)]
+
+
+@pytest.mark.parametrize(
+    "statetime", ["2026-06-15 14:30:00+05:00", "2026-06-15T09:30:00Z", "2026-06-15T12:30:00+03:00"]
+)
+async def test_a_time_with_an_offset_is_read_in_starex_zone(api, client, statetime):
+    api["trace"].respond(
+        json=trace_payload(date=statetime, trace=[{"code": 9, "statetime": statetime}])
+    )
+
+    trace = await client.get_trace(BARCODE)
+
+    # Naive in STAREX_TIMEZONE (Tashkent, UTC+5), as every other Starex time.
+    assert trace.steps[0].statetime == datetime(2026, 6, 15, 14, 30)
+    assert trace.date == datetime(2026, 6, 15, 14, 30)
 
 
 async def test_step_with_missing_or_invalid_code_is_dropped(api, client, caplog):

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from zoneinfo import ZoneInfo
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -98,8 +99,11 @@ class StarexClient:
         backoff: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         on_request: OnRequest | None = None,
+        zone: ZoneInfo | None = None,
     ) -> None:
         self._timeout = timeout
+        # Trace times with an offset are moved into Starex's zone, like naive ones.
+        self._context = {"zone": zone}
         self._retries = retries
         self._backoff = backoff
         self._on_request = on_request
@@ -138,7 +142,7 @@ class StarexClient:
                 raise ValueError("trace data is not an object")
             if not data.get("barcode"):
                 data = {**data, "barcode": barcode}
-            return Trace.model_validate(data)
+            return Trace.model_validate(data, context=self._context)
 
         return await self._get("trace", _TRACE_PATH, {"barcode": barcode}, parse)
 

@@ -7,17 +7,26 @@ import math
 from collections.abc import Iterable
 from datetime import date as calendar_date
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 logger = logging.getLogger("bot.starex")
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _naive_time(value: object) -> datetime | None:
-    """Starex sends naive "YYYY-MM-DD HH:MM:SS" in its own zone; anything else becomes None."""
+def _naive_time(value: object, info: ValidationInfo) -> datetime | None:
+    """Starex sends naive "YYYY-MM-DD HH:MM:SS" in its own zone; callers rely on naive
+    times in that zone. A time with an offset is moved into the zone given as the
+    validation context's "zone" (as the webhook does); anything else becomes None."""
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str):
@@ -27,16 +36,20 @@ def _naive_time(value: object) -> datetime | None:
             return None
     else:
         return None
-    # An offset would contradict the "naive, Starex's zone" contract callers rely on.
-    return parsed if parsed.tzinfo is None else None
+    if parsed.tzinfo is None:
+        return parsed
+    zone = (info.context or {}).get("zone")
+    return parsed.astimezone(zone).replace(tzinfo=None) if zone is not None else None
 
 
-def valid_items(model: type[_M], items: Iterable[object]) -> list[_M]:
+def valid_items(
+    model: type[_M], items: Iterable[object], context: dict[str, Any] | None = None
+) -> list[_M]:
     """Validate each item, dropping (and logging) the malformed ones instead of failing all."""
     result = []
     for index, item in enumerate(items):
         try:
-            result.append(model.model_validate(item))
+            result.append(model.model_validate(item, context=context))
         except ValidationError:
             logger.warning("Dropped malformed Starex %s at index %d", model.__name__, index)
     return result
@@ -59,8 +72,8 @@ class TraceStep(BaseModel):
 
     @field_validator("statetime", mode="before")
     @classmethod
-    def _parse_statetime(cls, value: object) -> datetime | None:
-        return _naive_time(value)
+    def _parse_statetime(cls, value: object, info: ValidationInfo) -> datetime | None:
+        return _naive_time(value, info)
 
 
 class Trace(BaseModel):
@@ -74,8 +87,8 @@ class Trace(BaseModel):
 
     @field_validator("date", mode="before")
     @classmethod
-    def _parse_date(cls, value: object) -> datetime | calendar_date | None:
-        parsed = _naive_time(value)
+    def _parse_date(cls, value: object, info: ValidationInfo) -> datetime | calendar_date | None:
+        parsed = _naive_time(value, info)
         if parsed is not None and isinstance(value, str) and len(value.strip()) <= 10:
             return parsed.date()  # a bare day: not shown with an invented 00:00
         return parsed
@@ -93,9 +106,9 @@ class Trace(BaseModel):
 
     @field_validator("steps", mode="before")
     @classmethod
-    def _drop_bad_steps(cls, value: object) -> object:
+    def _drop_bad_steps(cls, value: object, info: ValidationInfo) -> object:
         if value is None:
             return []
         if isinstance(value, list):
-            return valid_items(TraceStep, value)
+            return valid_items(TraceStep, value, info.context)
         return value  # not a list: let pydantic reject it
