@@ -7,14 +7,17 @@ import re
 # Starex barcodes look like AB123456789UZ; accept any Latin letters and digits with
 # at least one digit, 6..40 long, so that new series keep working.
 _VALID = re.compile(r"(?=.*[0-9])[A-Z0-9]{6,40}")
-_IGNORED = re.compile(r"[\s\-\u2010-\u2015]+")  # spaces and dashes of every kind
+# Spaces, hyphens and en dashes, and the invisible characters copy-paste brings along
+# (zero-width space and joiners, word joiner, BOM).
+_IGNORED = re.compile(r"[\s\-\u2010-\u2013\u200b-\u200d\u2060\ufeff]+")
 # On a Russian keyboard layout "АВ123456789UZ" looks right and is Cyrillic: read the
 # letters that look the same as the Latin ones they look like.
 _LOOK_ALIKES = str.maketrans("АВЕКМНОРСТУХавекмнорстух", "ABEKMHOPCTYXABEKMHOPCTYX")
 # Between barcodes in a message; also what people write around one ("№:AB…", "#AB…").
-_SEPARATORS = re.compile(r"[\s,;:/#№]+")
+# An em dash or a horizontal bar is a separator too ("AB…UZ—CD…UZ"), not a hyphen.
+_SEPARATORS = re.compile(r"[\s,;:/#№\u2014\u2015]+")
 # Punctuation people put around a barcode in a sentence: "AB123456789UZ?", «…», (…).
-_AROUND = ".,;:!?()[]{}<>«»\"'`“”„‘’"
+_AROUND = ".,;:!?…()[]{}<>«»\"'`“”„‘’"
 # A barcode typed in pieces (`AB 123456789 UZ`, `AB 1234 5678 9UZ`): groups with digits
 # in them, shorter than a whole barcode, and a 1-3 letter prefix or suffix.
 _GROUP = re.compile(r"(?=.*[0-9])[A-Za-z0-9]{1,9}")

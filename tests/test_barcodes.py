@@ -32,7 +32,14 @@ def test_pieces_are_short_groups_words_are_words(
 
 @pytest.mark.parametrize(
     "text",
-    ["#AB123456789UZ", "номер:AB123456789UZ", "AB123456789UZ/CD987654321UZ", "№ AB123456789UZ"],
+    [
+        "#AB123456789UZ",
+        "номер:AB123456789UZ",
+        "AB123456789UZ/CD987654321UZ",
+        "№ AB123456789UZ",
+        "AB123456789UZ—CD987654321UZ",  # an em dash between two
+        "AB123456789UZ…",
+    ],
 )
 def test_what_people_write_around_a_barcode_is_not_part_of_it(text: str) -> None:
     found, rejected = split_barcodes(text)

@@ -37,6 +37,9 @@ def i18n() -> Translator:
         ("АВ123456789UZ", "AB123456789UZ"),  # Cyrillic А and В, typed on a Russian layout
         ("ав-123456789uz", "AB123456789UZ"),
         ("Ж123456789", None),  # Cyrillic that looks like no Latin letter
+        ("AB123456789UZ\u200b", "AB123456789UZ"),  # a zero-width space from copy-paste
+        ("\ufeffAB\u2060123456789UZ", "AB123456789UZ"),
+        ("AB–123456789–UZ", "AB123456789UZ"),  # en dashes, as typed by autocorrect
         ("AB123456789ЮZ", None),
     ],
 )
