@@ -118,8 +118,9 @@ def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: Statu
     if trace.weight is not None:
         weight = format_decimal(trace.weight, locale=locale)  # 1,5 in ru and uz
         header.append(_("Weight: {weight} kg").format(weight=weight))
-    if trace.recipient:
-        header.append(_("Recipient: {name}").format(name=esc(mask_name(trace.recipient))))
+    recipient = mask_name(trace.recipient)  # empty for a name of blanks
+    if recipient:
+        header.append(_("Recipient: {name}").format(name=esc(recipient)))
     blocks = ["\n".join(header)]
     if not trace.steps:
         blocks.append(_("No status history yet."))

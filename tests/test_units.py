@@ -272,6 +272,13 @@ def test_acceptance_date_shown_as_given(
     assert accepted == ([f"Accepted: {shown}"] if shown else [])
 
 
+@pytest.mark.parametrize("recipient", [None, "", "   "])
+def test_no_recipient_line_without_a_name(i18n: Translator, recipient: str | None) -> None:
+    trace = Trace.model_validate({"barcode": "AB123456789UZ", "recipient": recipient})
+    (text,) = render_trace(i18n, "en", trace, lambda step: str(step.code))
+    assert "Recipient" not in text
+
+
 def test_split_blocks_never_exceeds_limit() -> None:
     blocks = ["a" * 40] * 10 + ["b" * 200]
     messages = split_blocks(blocks, limit=100)
