@@ -459,6 +459,17 @@ async def test_gives_up_after_max_attempts(env: Env, caplog: pytest.LogCaptureFi
     assert "Traceback" not in caplog.text and TOKEN not in caplog.text
 
 
+async def test_pending_gauge_counts_what_is_left_after_the_round(env: Env) -> None:
+    for chat in (A, B):
+        await add_user(env, chat, language="en")
+    await add_event(env, 9, T)
+    env.tg.fail("sendMessage", chat_id=B, status=500)
+    metrics = Metrics()
+    notifier = env.notifier(metrics=metrics)
+    assert await notifier.drain_once() == 1
+    assert metrics.registry.get_sample_value("notifications_pending") == 1  # B's, to retry
+
+
 async def test_wake_sends_promptly_and_stop_ends_run(env: Env) -> None:
     await add_user(env, A, language="en")
     metrics = Metrics()

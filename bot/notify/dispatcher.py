@@ -125,7 +125,6 @@ class Notifier:
         """Send every row due now; returns how many were delivered."""
         async with self._session_factory() as session:
             due = await repo.due_notifications(session, utcnow(), self._batch_size)
-            self._metrics.notifications_pending.set(await repo.count_pending(session))
         by_chat: dict[int, list[Notification]] = defaultdict(list)
         for row in due:
             by_chat[row.chat_id].append(row)
@@ -136,6 +135,8 @@ class Notifier:
         )
         async with self._session_factory() as session:
             self._next_due = await repo.next_attempt_at(session)
+            # After the round's sends, so the gauge does not lag one poll behind.
+            self._metrics.notifications_pending.set(await repo.count_pending(session))
         self._metrics.outbox_read.set_to_current_time()
         delivered = 0
         for result in results:
