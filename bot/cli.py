@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import sys
 from types import FrameType
 from urllib.parse import quote, unquote, urlsplit
@@ -176,7 +177,9 @@ def report_failure(exc: Exception, settings: Settings) -> None:
         # The driver's message, not SQLAlchemy's, which appends the SQL and a link.
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         log.error("database unavailable at start-up: %s: %s", type(exc).__name__, reason)
-    elif isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+    elif isinstance(exc, socket.gaierror) or (
+        isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+    ):  # in use, not ours, or (gaierror) a HOST that is no address at all
         log.error(
             "cannot listen on %s:%s (HOST, PORT): %s", settings.host, settings.port, exc.strerror
         )

@@ -541,6 +541,15 @@ def test_port_in_use_is_one_clear_error(runs: dict[str, Any]) -> None:
     assert_clean(bot.output)
 
 
+def test_a_host_that_is_no_address_names_host(caplog: pytest.LogCaptureFixture) -> None:
+    # What binding HOST=256.1.1.1 raises; not bound here, which would ask a DNS server.
+    settings = make_settings("sqlite+aiosqlite:///bot.db", "http://t", "http://s", host="256.1.1.1")
+    cli.report_failure(socket.gaierror(socket.EAI_NONAME, "Name or service not known"), settings)
+    (record,) = caplog.records
+    assert record.levelname == "ERROR" and record.exc_info is None
+    assert "256.1.1.1" in record.getMessage() and "(HOST, PORT)" in record.getMessage()
+
+
 def test_database_of_a_newer_version_is_one_clear_error(runs: dict[str, Any]) -> None:
     bot = runs["newer_db"]
     assert bot.wait(START) == 1
