@@ -47,12 +47,24 @@ def from_args(args: str) -> tuple[str | None, str | None]:
     words = args.split()
     if not words:
         return None, None
-    if len(words) > 1 and _in_pieces(words):
-        whole = normalize("".join(words))
-        if whole is not None:
-            return whole, None
+    # The longest run of pieces from the start; words after it are a label, provided
+    # the pieces make a whole barcode (`/subscribe AB 123456789 UZ Gift`).
+    for end in range(len(words), 1, -1):
+        pieces = words[:end]
+        whole = normalize("".join(pieces)) if _in_pieces(pieces) else None
+        if whole is None or not _ends_a_barcode(pieces[-1]):
+            continue
+        if end == len(words) or len(whole) >= _WHOLE:
+            return whole, " ".join(words[end:]) or None
     rest = " ".join(words[1:]) or None
     return normalize(words[0].strip(_AROUND)), rest
+
+
+def _ends_a_barcode(piece: str) -> bool:
+    """A last piece has digits (`9UZ`) or is a two-letter suffix (`UZ`); a longer word
+    (`pls`, `mum`) is a word after the barcode."""
+    piece = _IGNORED.sub("", piece).translate(_LOOK_ALIKES)
+    return any(ch.isdigit() for ch in piece) or (len(piece) == 2 and piece.isalpha())
 
 
 def _in_pieces(words: list[str]) -> bool:

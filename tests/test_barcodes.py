@@ -21,6 +21,11 @@ from bot.barcodes import from_args, split_barcodes
         ("AB 1234 for mum", (None, "1234 for mum")),  # words inside are not pieces
         ("AB1234 5678 9UZ", ("AB123456789UZ", None)),
         ("АВ 123456789 UZ", ("AB123456789UZ", None)),  # Cyrillic А and В
+        ("AB 123456789 UZ Gift", ("AB123456789UZ", "Gift")),  # pieces, then a label
+        ("AB 123456789 UZ for mum", ("AB123456789UZ", "for mum")),
+        ("AB 1234 5678 9UZ pls", ("AB123456789UZ", "pls")),
+        ("1234 5678 9012 mum", ("123456789012", "mum")),
+        ("AB 1234", ("AB1234", None)),  # short, but nothing follows: still pieces
         ("АВ123456789UZ для мамы", ("AB123456789UZ", "для мамы")),
     ],
 )
