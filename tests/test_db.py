@@ -221,11 +221,12 @@ async def test_subscriptions(session: AsyncSession) -> None:
     await add_users(session, 1, 2)
     assert await repo.subscribe(session, 1, "AB123", label="shoes") is True
     assert await repo.subscribe(session, 1, "CD456") is True
-    assert await repo.subscribe(session, 1, "AB123", label="other") is False
+    assert await repo.subscribe(session, 1, "AB123", label="other") is False  # renamed
+    assert await repo.subscribe(session, 1, "AB123") is False  # no label given: kept
     assert await repo.subscribe(session, 2, "AB123") is True
 
     subs = await repo.list_subscriptions(session, 1)
-    assert [(s.barcode, s.label) for s in subs] == [("AB123", "shoes"), ("CD456", None)]
+    assert [(s.barcode, s.label) for s in subs] == [("AB123", "other"), ("CD456", None)]
     assert await repo.count_subscriptions(session, 1) == 2
     assert await repo.count_subscriptions(session, 3) == 0
     assert await repo.is_subscribed(session, 1, "CD456") is True
