@@ -27,9 +27,13 @@ _AFFIX = re.compile(r"[A-Za-z]{1,3}")
 _WHOLE = 10
 
 
+def _clean(text: str) -> str:
+    return _IGNORED.sub("", text).translate(_LOOK_ALIKES)
+
+
 def normalize(text: str) -> str | None:
     """One barcode as typed (spaces and dashes allowed) -> canonical form, or None."""
-    candidate = _IGNORED.sub("", text).translate(_LOOK_ALIKES)
+    candidate = _clean(text)
     # isascii first: upper() turns some letters into ASCII ones ("ﬀ" -> "FF").
     if not candidate.isascii():
         return None
@@ -63,12 +67,12 @@ def from_args(args: str) -> tuple[str | None, str | None]:
 def _ends_a_barcode(piece: str) -> bool:
     """A last piece has digits (`9UZ`) or is a two-letter suffix (`UZ`); a longer word
     (`pls`, `mum`) is a word after the barcode."""
-    piece = _IGNORED.sub("", piece).translate(_LOOK_ALIKES)
+    piece = _clean(piece)
     return any(ch.isdigit() for ch in piece) or (len(piece) == 2 and piece.isalpha())
 
 
 def _in_pieces(words: list[str]) -> bool:
-    groups = [_IGNORED.sub("", word).translate(_LOOK_ALIKES) for word in words]
+    groups = [_clean(word) for word in words]
     first = normalize(groups[0])
     if first is not None and len(first) >= _WHOLE:
         return False
