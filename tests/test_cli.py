@@ -369,9 +369,14 @@ _T = TypeVar("_T")
 
 
 class Fakes:
-    """FakeTelegram and FakeStarex served by an event loop in a thread of their own."""
+    """FakeTelegram and FakeStarex served by an event loop in a thread of their own.
+
+    `other_tg` is for a second bot running at the same time: polling one fake, both
+    would take the same update and both answer it.
+    """
 
     tg: FakeTelegram
+    other_tg: FakeTelegram
     starex: FakeStarex
 
     def __init__(self) -> None:
@@ -397,11 +402,14 @@ class Fakes:
     async def _start(self) -> None:
         self.tg = FakeTelegram()
         await self.tg.start()
+        self.other_tg = FakeTelegram()
+        await self.other_tg.start()
         self.starex = await FakeStarex().__aenter__()
 
     async def _stop(self) -> None:
         await self.starex.__aexit__()
         await self.tg.stop()
+        await self.other_tg.stop()
 
 
 async def ask(tg: FakeTelegram, chat: int, text: str) -> list[dict[str, Any]]:
@@ -443,7 +451,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 write_env_file(
                     root / "defaults",
                     **{**REQUIRED, "STAREX_BASE_URL": nobody},
-                    TELEGRAM_API_URL=fakes.tg.base_url,
+                    TELEGRAM_API_URL=fakes.other_tg.base_url,
                     HOST="127.0.0.1",
                     PORT=str(port),
                 ),
