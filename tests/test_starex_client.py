@@ -190,7 +190,16 @@ async def test_null_fields_become_none(api, client):
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("1.5", 1.5), (" 2,25 ", 2.25), (3, 3.0), ("", None), ("heavy", None), ("nan", None)],
+    [
+        ("1.5", 1.5),
+        (" 2,25 ", 2.25),
+        (3, 3.0),
+        ("", None),
+        ("heavy", None),
+        ("nan", None),
+        (1e25, None),  # past what Babel can format: a placeholder, not a weight
+        (-1, None),
+    ],
 )
 async def test_weight_is_lenient(api, client, raw, expected):
     api["trace"].respond(json=trace_payload(weight=raw, trace=[]))
@@ -211,7 +220,17 @@ async def test_trace_null_means_no_steps(api, client):
 
 @pytest.mark.parametrize(
     "statetime",
-    ["", "   ", "yesterday", "0000-00-00 00:00:00", 1718000000],
+    [
+        "",
+        "   ",
+        "yesterday",
+        "0000-00-00 00:00:00",
+        1718000000,
+        # Placeholders: moved into Tashkent's zone they would overflow the calendar.
+        "0001-01-01T00:00:00+09:00",
+        "9999-12-31T23:59:59+00:00",
+        "0001-01-01 00:00:00",
+    ],
 )
 async def test_bad_statetime_becomes_none_without_losing_the_trace(api, client, statetime):
     api["trace"].respond(
@@ -311,11 +330,16 @@ async def test_error_envelope_means_not_found_whatever_the_status(
     assert [c[2] for c in calls] == ["not_found"]
 
 
-async def test_plain_http_404_is_not_found(api, client):
-    api["trace"].respond(404, text="Not Found")
+async def test_plain_http_404_is_unavailable_not_not_found(api, client, calls):
+    api["trace"].respond(404, text="<html>Not Found</html>")
 
-    with pytest.raises(StarexNotFound):
+    with pytest.raises(StarexUnavailable) as info:
         await client.get_trace(BARCODE)
+
+    assert not isinstance(info.value, StarexNotFound)
+    assert info.value.status == 404
+    assert api["trace"].call_count == 1  # a wrong URL stays wrong: not retried
+    assert [c[2] for c in calls] == ["http_404"]
 
 
 async def test_success_with_null_data_is_not_found(api, client):

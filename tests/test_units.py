@@ -132,6 +132,8 @@ def test_parse_event_accepts_lenient_forms(fields: dict, expected: object) -> No
         body(statetime="15.06.2026 14:30"),
         body(statetime="2026-06-15"),
         body(statetime="9999-12-31 23:59:59"),  # would make every real change stale
+        body(statetime="0001-01-01T00:00:00+00:00"),  # no zone can show it
+        body(statetime="1999-12-31 23:59:59"),
         body(state="١٢"),  # Arabic-Indic digits
         body(state=" 12"),
         body(barcode="ﬀ123456789"),

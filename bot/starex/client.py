@@ -67,8 +67,8 @@ def _unwrap(response: httpx.Response) -> Any:
     # The error envelope may arrive with any HTTP status; it says more than the status.
     if isinstance(body, dict) and body.get("success") is False:
         raise _envelope_error(body.get("error"), status)
-    if status == 404:
-        raise StarexNotFound("HTTP 404", status=status, kind="not_found")
+    # A 404 without the envelope is a wrong STAREX_BASE_URL or a proxy, not an unknown
+    # parcel (Starex says that with its envelope): unavailable, so the stored history shows.
     if not response.is_success:
         raise StarexUnavailable(f"HTTP {status}", status=status, kind=f"http_{status}")
     if not isinstance(body, dict) or body.get("success") is not True:

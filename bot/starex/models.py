@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from datetime import date as calendar_date
 from datetime import datetime
@@ -22,6 +21,18 @@ logger = logging.getLogger("bot.starex")
 
 _M = TypeVar("_M", bound=BaseModel)
 
+# Times outside these years are garbage (0001-01-01, 9999-12-31 placeholders): moving
+# them between zones overflows the calendar, and no parcel changed status then.
+EARLIEST = datetime(2000, 1, 1)
+LATEST = datetime(2100, 1, 1)
+# Kilograms; past this a number is a placeholder or a unit mix-up, not a parcel.
+MAX_WEIGHT = 100_000.0
+
+
+def plausible(moment: datetime) -> bool:
+    """A naive time within the years a parcel can have changed status."""
+    return EARLIEST <= moment < LATEST
+
 
 def _naive_time(value: object, info: ValidationInfo) -> datetime | None:
     """Starex sends naive "YYYY-MM-DD HH:MM:SS" in its own zone; callers rely on naive
@@ -36,10 +47,12 @@ def _naive_time(value: object, info: ValidationInfo) -> datetime | None:
             return None
     else:
         return None
-    if parsed.tzinfo is None:
-        return parsed
-    zone = (info.context or {}).get("zone")
-    return parsed.astimezone(zone).replace(tzinfo=None) if zone is not None else None
+    if parsed.tzinfo is not None:
+        zone = (info.context or {}).get("zone")
+        if zone is None or not plausible(parsed.replace(tzinfo=None)):
+            return None
+        parsed = parsed.astimezone(zone).replace(tzinfo=None)
+    return parsed if plausible(parsed) else None
 
 
 def valid_items(
@@ -102,7 +115,7 @@ class Trace(BaseModel):
             weight = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return None
-        return weight if math.isfinite(weight) else None
+        return weight if 0 <= weight < MAX_WEIGHT else None  # NaN fails both
 
     @field_validator("steps", mode="before")
     @classmethod

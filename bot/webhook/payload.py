@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.barcodes import normalize
+from bot.starex.models import plausible
 
 MAX_BODY = 64 * 1024
 MAX_CLOCK_SKEW = timedelta(days=1)
-_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: \d would take "١٢"
+_DIGITS = re.compile(r"0*([0-9]{1,9})")  # ASCII only: \d would take "١٢"
 
 
 class BadPayload(ValueError):
@@ -57,8 +58,8 @@ def _state(value: object) -> int:
         if 0 <= value < 10**9:
             return value
         raise BadPayload("state is out of range")
-    if isinstance(value, str) and _DIGITS.fullmatch(value):
-        return int(value)
+    if isinstance(value, str) and (digits := _DIGITS.fullmatch(value)):
+        return int(digits[1])
     raise BadPayload("state must be an integer")
 
 
@@ -79,6 +80,8 @@ def _statetime(value: object, zone: ZoneInfo) -> datetime:
         moment = moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
     except OverflowError:  # year 1 or 9999 shifted past the calendar
         raise BadPayload("statetime is out of range") from None
+    if not plausible(moment):  # a placeholder like 0001-01-01 cannot be shown in every zone
+        raise BadPayload("statetime is out of range")
     # A change from the far future would make every real later one look stale.
     if moment > datetime.now(UTC).replace(tzinfo=None) + MAX_CLOCK_SKEW:
         raise BadPayload("statetime is in the future")
