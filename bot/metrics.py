@@ -29,7 +29,7 @@ class Metrics:
         self.notifications_failed = Counter(
             "notifications_failed",
             "Notification send attempts that failed, by kind",
-            ["kind"],  # retry_after, network, server, blocked, bad_request, gave_up
+            ["kind"],  # retry_after, network, server, blocked, bad_request, gave_up, render
             registry=self.registry,
         )
         self.notifications_pending = Gauge(

@@ -61,7 +61,12 @@ class Env:
     bots: list[Bot] = field(default_factory=list)
 
     def notifier(
-        self, *, api_url: str | None = None, metrics: Metrics | None = None, **options: object
+        self,
+        *,
+        api_url: str | None = None,
+        metrics: Metrics | None = None,
+        zone: str = "Asia/Tashkent",
+        **options: object,
     ) -> Notifier:
         api = TelegramAPIServer.from_base(api_url or self.tg.base_url)
         bot = Bot(
@@ -75,7 +80,7 @@ class Env:
             self.session_factory,
             i18n=Translator(default_locale="ru"),
             catalog=self.catalog,
-            zone=ZoneInfo("Asia/Tashkent"),
+            zone=ZoneInfo(zone),
             metrics=metrics or Metrics(),
             **{"poll_interval": 0.05, "base_backoff": 0.1, **options},  # type: ignore[arg-type]
         )
@@ -347,6 +352,27 @@ async def test_message_refused_for_its_content_fails_alone(env: Env) -> None:
     assert await is_active(env, A)
     assert await notifier.drain_once() == 0
     assert len(attempts(env.tg, A)) == 2
+
+
+async def test_a_row_that_cannot_be_rendered_fails_alone(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Stored before the webhook refused such times: 0001-01-01 UTC does not exist in
+    # New York. Whatever breaks a row's text, it must not hold back the chat's later rows.
+    await add_user(env, A, language="en")
+    await add_event(env, 1, datetime(1, 1, 1))
+    await add_event(env, 9, T)
+    metrics = Metrics()
+    notifier = env.notifier(zone="America/New_York", metrics=metrics)
+
+    assert await notifier.drain_once() == 1
+
+    assert [r.status for r in await rows(env)] == [STATUS_FAILED, STATUS_SENT]
+    assert "Delivered" in texts(env.tg, A)[0]
+    assert metrics.registry.get_sample_value("notifications_failed_total", {"kind": "render"})
+    assert [r.levelname for r in caplog.records if "cannot be rendered" in r.message] == ["ERROR"]
+    assert await notifier.drain_once() == 0
+    assert len(attempts(env.tg, A)) == 1
 
 
 # --- status names --------------------------------------------------------------------

@@ -34,13 +34,12 @@ from bot.i18n import Translator
 from bot.metrics import Metrics
 from bot.render import render_notification, utc_to_local
 from bot.states import StateCatalog
+from bot.telegram.failures import chat_gone
 
 log = logging.getLogger(__name__)
 
 # First pause after the database failed; doubled each time, up to the poll interval.
 DB_RETRY = 0.5
-# 400 Bad Request descriptions that mean the chat itself is gone (403 always does).
-GONE_MARKERS = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 
 
 class Notifier:
@@ -62,7 +61,7 @@ class Notifier:
         max_backoff: float = 300.0,
         batch_size: int = 200,
     ) -> None:
-        self._bot = bot
+        self.bot = bot
         self._session_factory = session_factory
         self._i18n = i18n
         self._catalog = catalog
@@ -173,16 +172,23 @@ class Notifier:
             # have it, and nobody gets a change twice.)
             await asyncio.shield(self._release(row))
             raise
+        except (SQLAlchemyError, OSError):
+            raise  # the database: the round fails, the row comes back after its lease
+        except Exception as exc:
+            # Data no text can be made of, or a bug: trying again cannot help, and the
+            # row would hold back every later change of its chat.
+            log.exception("notification %s cannot be rendered: given up", row.id)
+            self._metrics.notifications_failed.labels("render").inc()
+            await self._finish(row, error=f"render: {type(exc).__name__}")
+            return "failed"
         try:
-            await self._bot.send_message(row.chat_id, text)
+            await self.bot.send_message(row.chat_id, text)
         except TelegramRetryAfter as exc:
             self._metrics.notifications_failed.labels("retry_after").inc()
             log.info("Telegram asks to wait %ss for chat %s", exc.retry_after, row.chat_id)
             return await self._retry(row, exc.retry_after, "retry_after", counts=False)
-        except TelegramForbiddenError as exc:
-            return await self._gone(row, exc.message)
-        except TelegramBadRequest as exc:
-            if any(marker in exc.message.lower() for marker in GONE_MARKERS):
+        except (TelegramForbiddenError, TelegramBadRequest) as exc:
+            if chat_gone(exc):
                 return await self._gone(row, exc.message)
             self._metrics.notifications_failed.labels("bad_request").inc()
             log.error("notification %s refused by Telegram: %s", row.id, exc.message)
