@@ -42,6 +42,7 @@ from bot.notify.dispatcher import Notifier
 from bot.starex import StarexClient
 from bot.states import StateCatalog
 from bot.telegram.commands import set_bot_commands
+from bot.telegram.failures import WaitOutFloodControl
 from bot.telegram.middlewares import UpdatesInFlight, UserMiddleware
 from bot.telegram.parcels import LookupCap, Parcels
 from bot.telegram.routers import build_router
@@ -138,16 +139,12 @@ def create_app(
     )
     i18n = Translator(default_locale=settings.default_language)
     catalog = StateCatalog(session_factory, starex)
-    api = TelegramAPIServer.from_base(str(settings.telegram_api_url).rstrip("/"))
-    bot = Bot(
-        settings.bot_token.get_secret_value(),
-        session=AiohttpSession(api=api),
-        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
-    )
     token_watch = TokenWatch()
-    bot.session.middleware(token_watch)
+    # Two sessions: answers to people wait out Telegram's retry_after on the spot, the
+    # dispatcher instead reschedules the row and goes on with other chats.
+    bot = _make_bot(settings, token_watch, WaitOutFloodControl())
     notifier = Notifier(
-        bot,
+        _make_bot(settings, token_watch),
         session_factory,
         i18n=i18n,
         catalog=catalog,
@@ -221,6 +218,18 @@ def create_app(
         web=web_app,
     )
     return app
+
+
+def _make_bot(settings: Settings, *middlewares: BaseRequestMiddleware) -> Bot:
+    api = TelegramAPIServer.from_base(str(settings.telegram_api_url).rstrip("/"))
+    bot = Bot(
+        settings.bot_token.get_secret_value(),
+        session=AiohttpSession(api=api),
+        default=DefaultBotProperties(parse_mode=ParseMode.HTML),
+    )
+    for middleware in middlewares:
+        bot.session.middleware(middleware)
+    return bot
 
 
 def spawn(app: App, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -366,5 +375,5 @@ async def close(app: App) -> None:
     await asyncio.gather(*app.tasks, return_exceptions=True)
     await app.starex.aclose()
     await app.parcels.cap.aclose()
-    await app.bot.session.close()
+    await asyncio.gather(app.bot.session.close(), app.notifier.bot.session.close())
     await app.engine.dispose()

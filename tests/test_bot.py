@@ -517,6 +517,47 @@ async def test_the_apology_is_in_the_language_chosen(app: App, tg: FakeTelegram)
     )
 
 
+async def test_a_reply_waits_out_retry_after_and_is_sent_once(
+    app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    tg.fail("sendMessage", chat_id=CHAT, status=429, retry_after=1, times=1)
+    (text,) = await ask(tg, "/help")
+    assert "/track" in text  # the answer itself, not an apology
+    refused, sent = tg.calls_of("sendMessage")
+    assert refused.status == 429 and sent.ok
+    assert sent.at - refused.at >= 1.0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_telegram_failing_a_reply_is_one_warning_then_an_apology(
+    app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    tg.fail("sendMessage", chat_id=CHAT, status=502, description="Bad Gateway", times=1)
+    (apology,) = await ask(tg, "/help")
+    assert apology == app.i18n.gettext(
+        "Sorry, something went wrong. Please try again later.", locale="en"
+    )
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.levelname == "WARNING" and "Telegram failed" in warning.getMessage()
+    assert warning.exc_info is None
+
+
+async def test_a_person_who_blocked_the_bot_mid_answer_is_marked_inactive(
+    app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    tg.blocked(CHAT)
+    tg.message(CHAT, "/help", language_code="en")
+
+    async def inactive() -> bool:
+        async with app.session_factory() as session:
+            user = await repo.get_user(session, CHAT)
+        return user is not None and not user.is_active
+
+    await until(inactive, 5, "the person marked inactive")
+    assert len(tg.calls_of("sendMessage")) == 1  # no apology sent after the answer
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 async def test_a_keyboard_that_cannot_be_edited_after_subscribing_is_no_error(
     app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
 ) -> None:
