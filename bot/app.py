@@ -22,8 +22,10 @@ from aiogram.client.session.middlewares.base import (
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramServerError,
     TelegramUnauthorizedError,
 )
@@ -261,6 +263,14 @@ class RedactingAccessLogger(AbstractAccessLogger):
 TOKEN_REFUSED = "BOT_TOKEN was refused by Telegram (401 Unauthorized): check the token"
 
 
+def _not_bot_api(app: App) -> ConfigError:
+    # A well-formed token gets 401 from Telegram when wrong, never 404: the URL is.
+    return ConfigError(
+        f"TELEGRAM_API_URL {app.settings.telegram_api_url} answered 404 Not Found: "
+        "it is not a Bot API server"
+    )
+
+
 async def _prepare_telegram(app: App) -> None:
     """Menus and webhook registration; Telegram being down must not stop start-up,
     a token it refuses must."""
@@ -278,8 +288,11 @@ async def _prepare_telegram(app: App) -> None:
                 )
     except TelegramUnauthorizedError:
         raise ConfigError(TOKEN_REFUSED) from None
-    except (TelegramAPIError, TelegramNetworkError, TimeoutError) as exc:
-        log.warning("Telegram set-up incomplete (%s); the bot goes on", exc or "timeout")
+    except TelegramNotFound:
+        raise _not_bot_api(app) from None
+    except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
+        reason = exc if isinstance(exc, TelegramAPIError) else type(exc).__name__
+        log.warning("Telegram set-up incomplete (%s); the bot goes on", reason)
 
 
 async def _poll(app: App) -> None:
@@ -292,8 +305,18 @@ async def _poll(app: App) -> None:
             break
         except TelegramUnauthorizedError:
             raise ConfigError(TOKEN_REFUSED) from None
-        except (TelegramNetworkError, TelegramServerError) as exc:
-            log.warning("Telegram unreachable (%s); retrying in %.0f s", exc, delay)
+        except TelegramNotFound:
+            raise _not_bot_api(app) from None
+        except (TelegramNetworkError, TelegramServerError, ClientDecodeError) as exc:
+            # ClientDecodeError: not JSON, e.g. a proxy's error page (its message is
+            # the whole body, so only its name is logged).
+            reason = type(exc).__name__ if isinstance(exc, ClientDecodeError) else exc
+            log.warning(
+                "Telegram unreachable at TELEGRAM_API_URL %s (%s); retrying in %.0f s",
+                app.settings.telegram_api_url,
+                reason,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
     await app.dp.start_polling(

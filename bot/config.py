@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from typing import Annotated
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
@@ -22,6 +22,10 @@ _URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
 # Starex, and anything else (`/`, `?`, `%`, a space) makes that URL miss the route.
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 MIN_WEBHOOK_SECRET = 16
+# What a PostgreSQL URL's query may hold: SQLAlchemy hands every key to asyncpg's
+# connect(), which fails on any other with a TypeError at start-up. `sslmode`, which
+# libpq and every cloud console spell, is asyncpg's `ssl`.
+POSTGRES_OPTIONS = ("ssl", "target_session_attrs", "prepared_statement_cache_size")
 
 
 class Settings(BaseSettings):
@@ -107,6 +111,10 @@ class Settings(BaseSettings):
         backend, driver = (match[1].lower(), match[2].lower()) if match else ("", "")
         if ASYNC_DRIVERS.get(backend) != driver:
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        value = f"{backend}+{driver}://" + value[match.end() :]  # SQLAlchemy: lower case
+        _check_host_and_port(value)
+        if backend == "postgresql":
+            value = _postgres_options(value)
         if importlib.util.find_spec(driver) is None:
             raise ValueError(f"needs the {driver} package (pip install 'starex-bot[postgres]')")
         if backend == "sqlite" and _sqlite_in_memory(value):
@@ -125,6 +133,7 @@ class Settings(BaseSettings):
         # Messages never quote the URL: it may hold the Redis password.
         if not _REDIS_URL.match(value.get_secret_value()):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        _check_host_and_port(value.get_secret_value())
         if importlib.util.find_spec("redis") is None:
             raise ValueError("needs the redis package (pip install 'starex-bot[redis]')")
         return value
@@ -165,6 +174,27 @@ class Settings(BaseSettings):
         if self.starex_webhook_secret is None:
             return "/starex/webhook"
         return f"/starex/webhook/{self.starex_webhook_secret.get_secret_value()}"
+
+
+def _check_host_and_port(url: str) -> None:
+    try:
+        urlsplit(url).port  # noqa: B018 (parsing it raises for 'abc', 99999, '[::1')
+    except ValueError:
+        raise ValueError("is not a valid URL (host or port)") from None
+
+
+def _postgres_options(url: str) -> str:
+    parts = urlsplit(url)
+    options = []
+    for key, option in parse_qsl(parts.query, keep_blank_values=True):
+        key = "ssl" if key == "sslmode" else key
+        if key not in POSTGRES_OPTIONS:
+            raise ValueError(
+                f"has the option {key!r}, which asyncpg does not take "
+                f"(it takes {', '.join(POSTGRES_OPTIONS)}, and sslmode as ssl)"
+            )
+        options.append((key, option))
+    return parts._replace(query=urlencode(options)).geturl()
 
 
 def _sqlite_in_memory(url: str) -> bool:

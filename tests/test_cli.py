@@ -174,6 +174,13 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         ("DATABASE_URL", "sqlite+aiosqlite://"),
         ("DATABASE_URL", "sqlite+aiosqlite:///file::memory:?uri=true"),
         ("DATABASE_URL", "sqlite+aiosqlite:///file:bot?mode=memory&cache=shared&uri=true"),
+        # Each was a traceback at start-up: asyncpg refuses unknown options, the port
+        # and the IPv6 host are parsed only when connecting (or redacting the log).
+        ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?foo=bar"),
+        ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db:abc/bot"),
+        ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db:99999/bot"),
+        ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@[::1/bot"),
+        ("REDIS_URL", f"redis://:{REDIS_PASSWORD}@[::1:6379/0"),
         ("REDIS_URL", f"http://:{REDIS_PASSWORD}@cache:6379/0"),
         ("REDIS_URL", "127.0.0.1:6379"),
     ],
@@ -227,6 +234,25 @@ def test_url_safe_webhook_secrets_are_accepted(clean_environ: pytest.MonkeyPatch
 def test_sqlite_files_are_accepted(clean_environ: pytest.MonkeyPatch, url: str) -> None:
     clean_environ.setenv("DATABASE_URL", url)
     assert load_settings().database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "read_as"),
+    [
+        # SQLAlchemy knows its driver names in lower case only.
+        ("SQLITE+AIOSQLITE:///data/bot.db", "sqlite+aiosqlite:///data/bot.db"),
+        # libpq's spelling, as cloud consoles give it; asyncpg calls it ssl.
+        (
+            f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?sslmode=require",
+            f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?ssl=require",
+        ),
+    ],
+)
+def test_database_urls_are_read_as_the_driver_takes_them(
+    clean_environ: pytest.MonkeyPatch, url: str, read_as: str
+) -> None:
+    clean_environ.setenv("DATABASE_URL", url)
+    assert load_settings().database_url == read_as
 
 
 def test_values_are_normalised(clean_environ: pytest.MonkeyPatch) -> None:

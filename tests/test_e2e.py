@@ -4,16 +4,19 @@ and fake Starex: a person subscribes, Starex posts a change, the person is told 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from bot.app import create_app, run, telegram_secret_token
 from bot.config import ConfigError
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
-from tests.harness import make_settings, running, serving, web_client
+from tests.harness import make_settings, running, serving, until, web_client
 
 BARCODE = "AB123456789UZ"
 
@@ -113,6 +116,47 @@ async def test_token_refused_by_telegram_stops_with_a_clear_error(
     with pytest.raises(ConfigError, match="BOT_TOKEN"):
         await asyncio.wait_for(run(app, asyncio.Event()), 20)
     assert "Traceback" not in caplog.text
+
+
+async def test_a_telegram_api_url_that_is_no_bot_api_stops_with_a_clear_error(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    tg, starex = fakes
+    tg.fail(None, status=404, description="Not Found", times=None)
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    app = create_app(settings)
+    with pytest.raises(ConfigError, match=r"TELEGRAM_API_URL .* 404"):
+        await asyncio.wait_for(run(app, asyncio.Event()), 20)
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_web_page_instead_of_telegram_is_warned_about_not_a_traceback(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's or any web server's HTML page, where the Bot API should answer."""
+
+    async def html_page(_: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>Not here</html>", content_type="text/html")
+
+    _, starex = fakes
+    site = web.Application()
+    site.router.add_route("*", "/{tail:.*}", html_page)
+    async with TestServer(site, host="127.0.0.1") as server:
+        page_url = str(server.make_url("")).rstrip("/")
+        settings = make_settings(
+            f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", page_url, starex.base_url
+        )
+
+        async def warned() -> bool:
+            return "Telegram unreachable at TELEGRAM_API_URL" in caplog.text
+
+        async with running(settings):
+            await until(warned, 10, "a warning naming TELEGRAM_API_URL")
+    assert "Traceback" not in caplog.text
+    assert "<html>" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_token_revoked_while_running_stops_with_a_clear_error(
