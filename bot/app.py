@@ -34,6 +34,8 @@ from aiogram.types import Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.config import ConfigError, Settings
@@ -194,6 +196,7 @@ def create_app(
     async def metrics_view(_: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
 
+    _quiet_malformed_requests()
     web_app = web.Application()
     web_app.add_routes(
         [*starex_webhook.routes(), web.get("/healthz", healthz), web.get("/metrics", metrics_view)]
@@ -258,6 +261,26 @@ class RedactingAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = self._SECRET_PATH.sub(r"\1***", request.path)
         self.logger.info("%s %s %s %.3fs", request.method, path, response.status, time)
+
+
+class MalformedRequestsQuiet(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header over 8 KiB, a Content-Encoding
+    it does not know or cannot decode) at ERROR with a traceback. From the internet
+    that is expected, and anyone could fill the log with it: one DEBUG line instead.
+    The client got its 400 either way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError | RequestPayloadError):
+            log.debug("malformed HTTP request refused: %s", " ".join(str(error).split()))
+            return False
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestsQuiet) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestsQuiet())
 
 
 TOKEN_REFUSED = "BOT_TOKEN was refused by Telegram (401 Unauthorized): check the token"

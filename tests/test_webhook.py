@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -166,6 +167,53 @@ async def test_get_is_405_and_huge_body_413(app: App, client: TestClient) -> Non
     )
     assert response.status == 413
     assert await count(app, Event) == 0
+
+
+async def send_raw(client: TestClient, head: bytes, body: bytes = b"") -> bytes:
+    """What aiohttp's own client would refuse to send; returns the status line."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    try:
+        writer.write(head + b"\r\n\r\n" + body)
+        await writer.drain()
+        return (await asyncio.wait_for(reader.readline(), 5)).strip()
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "body"),
+    [
+        (URL, [b"Content-Encoding: gzip"], b"not gzip at all"),  # was a 500
+        (URL, [b"Content-Encoding: br"], b"not brotli"),
+        ("/healthz", [b"Content-Encoding: zstd"], b"not zstd"),
+        ("/healthz", [b"X-Padding: " + b"a" * 9000], b""),  # a header over 8 KiB
+    ],
+    ids=["bad-gzip", "unknown-encoding", "unknown-encoding-anywhere", "huge-header"],
+)
+async def test_malformed_http_is_400_with_no_traceback_logged(
+    app: App,
+    client: TestClient,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    headers: list[bytes],
+    body: bytes,
+) -> None:
+    head = b"\r\n".join(
+        [
+            f"POST {path} HTTP/1.1".encode(),
+            b"Host: bot",
+            b"Content-Type: application/json",
+            f"Content-Length: {len(body)}".encode(),
+            *headers,
+        ]
+    )
+    status = await send_raw(client, head, body)
+    assert status.split()[1] == b"400", status
+    assert await count(app, Event) == 0
+    # Anyone can send these: no ERROR, no traceback filling the operator's log.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "Traceback" not in caplog.text
+    assert (await client.get("/healthz")).status == 200
 
 
 async def test_storage_failure_is_503_and_health_follows(app: App, client: TestClient) -> None:

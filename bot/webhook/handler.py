@@ -9,6 +9,7 @@ from collections.abc import Callable
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -56,10 +57,13 @@ class StarexWebhook:
             return self._reject(413, "too_large", "body is larger than 64 KiB")
         # The whole body, however it arrives (pieces, chunked), never more than the limit.
         body = bytearray()
-        async for chunk in request.content.iter_any():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return self._reject(413, "too_large", "body is larger than 64 KiB")
+        try:
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    return self._reject(413, "too_large", "body is larger than 64 KiB")
+        except RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not
+            return self._reject(400, "invalid", "body cannot be decoded (Content-Encoding?)")
 
         try:
             event = parse_event(bytes(body), self._zone)
