@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 TELEGRAM_WEBHOOK_PATH = "/telegram/webhook"
 SHUTDOWN_GRACE = 5.0
+# For webhooks in flight at shutdown (a commit takes milliseconds); a client stalled
+# mid-body is cut off after it, gets no 200, and Starex sends it again.
+WEBHOOK_GRACE = 2.0
 TELEGRAM_SETUP_TIMEOUT = 15.0
 
 
@@ -369,7 +372,12 @@ async def run(app: App, stop: asyncio.Event) -> None:
     await upgrade_database(app.engine)
     await app.catalog.load_cached()
 
-    runner = web.AppRunner(app.web, access_log_class=RedactingAccessLogger, handle_signals=False)
+    runner = web.AppRunner(
+        app.web,
+        access_log_class=RedactingAccessLogger,
+        handle_signals=False,
+        shutdown_timeout=WEBHOOK_GRACE,
+    )
     await runner.setup()
     notifier_task = polling_task = None
     try:
