@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     telegram_webhook_url: AnyHttpUrl | None = None
 
     starex_base_url: AnyHttpUrl
-    starex_login: str = Field(min_length=1)
+    starex_login: str
     starex_password: SecretStr
     starex_webhook_secret: SecretStr | None = None
     starex_timezone: str = "Asia/Tashkent"
@@ -49,10 +49,11 @@ class Settings(BaseSettings):
     admin_ids: Annotated[frozenset[int], NoDecode] = frozenset()
     log_level: str = "INFO"
 
-    @field_validator("bot_token", "starex_password")
+    @field_validator("bot_token", "starex_password", "starex_login")
     @classmethod
-    def _not_empty(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _not_empty(cls, value: SecretStr | str) -> SecretStr | str:
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not text.strip():
             raise ValueError("must not be empty")
         return value
 

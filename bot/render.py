@@ -129,7 +129,6 @@ def render_trace(i18n: Translator, locale: str, trace: Trace, status_name: Statu
         steps = sorted(steps, key=lambda step: step.statetime)  # stable for equal times
     # else Starex's own order, which its document calls chronological
     for step in steps:
-        when = format_time(step.statetime) if step.statetime else "—"
-        name = status_name(step)
-        blocks.append(f"{when} — <b>{esc(name)}</b>")
+        name = f"<b>{esc(status_name(step))}</b>"
+        blocks.append(f"{format_time(step.statetime)} — {name}" if step.statetime else name)
     return split_blocks(blocks)

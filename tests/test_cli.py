@@ -160,6 +160,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         ("BOT_TOKEN", "  "),
         ("STAREX_PASSWORD", ""),
         ("STAREX_LOGIN", ""),
+        ("STAREX_LOGIN", "   "),
         ("STAREX_BASE_URL", f"http://{LOGIN}:{PASSWORD}@bad host/"),
         ("TELEGRAM_API_URL", "api.telegram.org"),
         ("TELEGRAM_WEBHOOK_URL", "ftp://bot.example.com"),

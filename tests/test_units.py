@@ -274,6 +274,20 @@ def test_acceptance_date_shown_as_given(
     assert accepted == ([f"Accepted: {shown}"] if shown else [])
 
 
+def test_a_step_without_a_time_shows_its_name_alone(i18n: Translator) -> None:
+    trace = Trace.model_validate(
+        {
+            "barcode": "AB123456789UZ",
+            "trace": [
+                {"code": 1, "statetime": None},
+                {"code": 9, "statetime": "2026-06-15 14:30:00"},
+            ],
+        }
+    )
+    (text,) = render_trace(i18n, "en", trace, lambda step: f"S{step.code}")
+    assert text.split("\n")[-2:] == ["<b>S1</b>", "15.06.2026 14:30 — <b>S9</b>"]
+
+
 @pytest.mark.parametrize("recipient", [None, "", "   "])
 def test_no_recipient_line_without_a_name(i18n: Translator, recipient: str | None) -> None:
     trace = Trace.model_validate({"barcode": "AB123456789UZ", "recipient": recipient})
