@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.app import create_app, run, telegram_secret_token
+from bot.app import create_app, run
 from bot.config import ConfigError
 from tests.fake_starex import FakeStarex
 from tests.fake_telegram import FakeTelegram
@@ -76,7 +76,9 @@ async def test_telegram_webhook_mode_checks_the_secret_token(
             response = await web.post("/telegram/webhook", json=update, headers=headers)
             assert response.status_code == 401
         assert not tg.sent_messages(55)
-        good = {"X-Telegram-Bot-Api-Secret-Token": telegram_secret_token(settings)}
+        # The token Telegram was given: what it will echo on every update.
+        (registered,) = tg.calls_of("setWebhook")
+        good = {"X-Telegram-Bot-Api-Secret-Token": registered.params["secret_token"]}
         for body in (b"not json", b"\xff\xfe", b"[]", b'{"update_id": "x"}'):
             response = await web.post("/telegram/webhook", content=body, headers=good)
             assert response.status_code == 400, body

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from bot.app import App, close, create_app
 from bot.db import repo, upgrade_database
 from bot.db.models import STATUS_SENT, Event, Notification
+from bot.webhook.payload import MAX_BODY
 from tests.fake_telegram import FakeTelegram
 from tests.harness import WEBHOOK_SECRET, make_settings
 
@@ -152,11 +153,32 @@ async def test_bad_input_is_400_with_reason_and_stores_nothing(
 
 
 async def test_wrong_or_missing_secret_is_404(app: App, client: TestClient) -> None:
-    for url in ("/starex/webhook/wrong", "/starex/webhook", "/starex/webhook/"):
+    near_misses = (
+        WEBHOOK_SECRET[:-1],
+        WEBHOOK_SECRET[:1],
+        WEBHOOK_SECRET + "x",
+        WEBHOOK_SECRET.upper(),
+        WEBHOOK_SECRET.replace("-", "_"),
+    )
+    wrong = ("/starex/webhook/wrong", "/starex/webhook", "/starex/webhook/")
+    for url in (*wrong, *(f"/starex/webhook/{secret}" for secret in near_misses)):
         response = await client.post(url, json=event())
         assert response.status == 404
         assert WEBHOOK_SECRET not in await response.text()
     assert await count(app, Event) == 0
+
+
+async def test_body_limit_is_64_kib(app: App, client: TestClient) -> None:
+    def padded_to(size: int) -> bytes:
+        body = json.dumps(event(padding="")).encode()
+        return body.replace(b'"padding": ""', b'"padding": "' + b"x" * (size - len(body)) + b'"')
+
+    headers = {"Content-Type": "application/json"}
+    assert len(padded_to(MAX_BODY)) == MAX_BODY
+    assert (await client.post(URL, data=padded_to(MAX_BODY + 1), headers=headers)).status == 413
+    assert await count(app, Event) == 0
+    assert (await client.post(URL, data=padded_to(MAX_BODY), headers=headers)).status == 200
+    assert await count(app, Event) == 1
 
 
 async def test_get_is_405_and_huge_body_413(app: App, client: TestClient) -> None:
