@@ -399,13 +399,20 @@ async def test_subscribe_twice_at_once_is_one_subscription_and_two_answers(
 async def test_every_telegram_language_code_is_answered_in_a_language_of_ours(
     app: App, tg: FakeTelegram, language_code: str | None, expected: str
 ) -> None:
-    (greeting,) = await ask(tg, "/start", chat=2002, language=expected)
+    # The greeting in each language, through the /language choice (not language_code).
+    greetings = {}
+    for chat, locale in enumerate(("ru", "uz", "en"), start=3000):
+        async with app.session_factory() as session, session.begin():
+            await repo.touch_user(session, chat, None)
+            await repo.set_language(session, chat, locale)
+        (greetings[locale],) = await ask(tg, "/start", chat=chat, language="xx")
+    assert len(set(greetings.values())) == 3
     update = tg.make_message(CHAT, "/start", language_code=language_code or "")
     if language_code is None:
         del update["message"]["from"]["language_code"]
     tg.push_update(update)
     (reply,) = await tg.wait_for_messages(1, chat_id=CHAT)
-    assert reply["text"] == greeting
+    assert reply["text"] == greetings[expected]
 
 
 # --- hostile text --------------------------------------------------------------------
