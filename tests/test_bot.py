@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -255,13 +255,34 @@ async def test_slow_starex_does_not_block_other_users(
 
 
 async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: FakeTelegram) -> None:
+    async def active() -> bool:
+        async with app.session_factory() as session:
+            user = await repo.get_user(session, CHAT)
+        return user is not None and user.is_active
+
+    async def post(state: int, statetime: str) -> None:
+        body = {"barcode": BARCODE, "state": state, "statetime": statetime}
+        async with web_client(app.settings) as web:
+            assert (await web.post(webhook_path(app.settings), json=body)).status_code == 200
+
+    await ask(tg, f"/subscribe {BARCODE}")
+    tg.blocked(CHAT)
+    await post(1, "2026-06-14 10:00:00")
+    await until(lambda: _not(active), 10, "the 403 marking the person inactive")
+    tg.clear_faults()  # they unblock the bot and write
     await ask(tg, "/start")
-    async with app.session_factory() as session, session.begin():
-        await repo.deactivate_user(session, CHAT)  # as the dispatcher does on a 403
-    await ask(tg, "/start")
-    async with app.session_factory() as session:
-        user = await repo.get_user(session, CHAT)
-    assert user is not None and user.is_active
+    assert await active()
+    await post(9, "2026-06-15 14:30:00")
+    await tg.wait_for_messages(3, chat_id=CHAT, timeout=10)
+    await asyncio.sleep(0.5)  # nothing more comes
+    texts = [m["text"] for m in tg.sent_messages(CHAT)]
+    notifications = [text for text in texts if "New status" in text]
+    assert len(texts) == 3 and len(notifications) == 1  # not the change sent while blocked
+    assert "Delivered" in notifications[0]
+
+
+async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
+    return not await check()
 
 
 # --- Starex failing ------------------------------------------------------------------
