@@ -272,6 +272,9 @@ async def test_sigterm_during_a_webhook_burst_loses_and_doubles_nothing(tmp_path
     await people.seed(f"sqlite+aiosqlite:///{db}")
 
     with Fakes() as fakes:
+        # A slow Telegram: sends are under way when the signal comes, and must finish
+        # (recorded as sent) rather than be left claimed.
+        await on_fakes(fakes, lambda: setattr(fakes.tg, "delay", 0.3))
         first, port = start_bot(tmp_path / "first", fakes, db)
         acked: list[tuple[dict[str, Any], str]] = []  # (body, outcome) answered 200
         refused: dict[str, dict[str, Any]] = {}  # barcode -> the body that got no 200
@@ -325,6 +328,11 @@ async def test_sigterm_during_a_webhook_burst_loses_and_doubles_nothing(tmp_path
             for chat in people.follows[body["barcode"]]:
                 assert rows[(chat, body["barcode"])] > 0
 
+        sent_at_exit = await on_fakes(fakes, lambda: len(fakes.tg.sent_calls()))
+        with sqlite3.connect(db) as connection:
+            recorded = connection.execute("SELECT count(*) FROM outbox WHERE status = 'sent'")
+            assert recorded.fetchone()[0] == sent_at_exit  # every send under way was recorded
+        await on_fakes(fakes, lambda: setattr(fakes.tg, "delay", 0.0))
         second, port = start_bot(tmp_path / "second", fakes, db)
         try:
             await healthy(second, port)

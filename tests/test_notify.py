@@ -4,6 +4,7 @@ through aiogram's real HTTP session and to the fake Starex through the real clie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -460,6 +461,31 @@ async def test_global_rate_limit(env: Env) -> None:
     assert times[-1] - times[0] >= 1.0
     # No burst either: never more than 5 messages within one second.
     assert min(times[i + 5] - times[i] for i in range(5)) >= 0.9
+
+
+async def test_rows_claimed_but_not_yet_sent_are_handed_back_when_cut_off(env: Env) -> None:
+    # What shutdown does once its grace is over: the round is cancelled while rows it
+    # claimed still wait for the send rate. They must be due again at once (not after
+    # the 120 s lease), with no attempt spent, and sent once by the next process.
+    chats = range(301, 305)
+    for chat in chats:
+        await add_user(env, chat, language="en")
+    await add_event(env, 9, T)
+    notifier = env.notifier(rate_per_second=1, concurrency=4)
+    task = asyncio.create_task(notifier.run())
+    await env.tg.wait_for_messages(1)
+    await asyncio.sleep(0.2)  # the other three are claimed, waiting for the rate
+    notifier.stop()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+    waiting = [row for row in await rows(env) if row.status == STATUS_PENDING]
+    assert len(waiting) == 4 - len(env.tg.sent_calls()) >= 2
+    assert all(row.next_attempt_at <= utcnow() and row.attempts == 0 for row in waiting)
+
+    assert await env.notifier().drain_once() == len(waiting)
+    assert sorted(c.params["chat_id"] for c in env.tg.sent_calls()) == list(chats)
 
 
 async def test_gives_up_after_max_attempts(env: Env, caplog: pytest.LogCaptureFixture) -> None:
