@@ -33,7 +33,10 @@ async def test_subscribe_then_webhook_notifies_once_in_each_language(
 ) -> None:
     tg, starex = fakes
     settings = make_settings(db_url, tg.base_url, starex.base_url)
-    async with running(settings), web_client(settings) as web:
+    # The outbox is polled once a minute here: a message within seconds was woken by
+    # the webhook.
+    slow_poll = {"poll_interval": 60}
+    async with running(settings, notifier_options=slow_poll), web_client(settings) as web:
         tg.message(10, f"/subscribe {BARCODE}", language_code="uz")
         tg.message(20, f"/subscribe {BARCODE.lower()}", language_code="ru-RU")
         tg.message(30, "/start", language_code="en")  # not subscribed: must hear nothing
