@@ -188,6 +188,7 @@ class SoakResult:
     injected: Counter[str]
     send_attempts: int
     early_retries: list[tuple[int, float]]  # (chat, seconds) sent again before retry_after
+    misjudged: list[str]  # answers no order of the posts in flight could explain
     ingest_seconds: float
     delivery_seconds: float  # from the first webhook until the outbox was empty
     latencies: list[float] = field(default_factory=list)
@@ -264,6 +265,7 @@ async def soak(
             not_ok: list[tuple[int, str]] = []
             expected: Counter[Key] = Counter()
             latencies: list[float] = []
+            answers: list[Answer] = []
             gate = asyncio.Semaphore(concurrency)
             try:
                 async with (
@@ -277,12 +279,14 @@ async def soak(
                         async with gate:
                             began = time.perf_counter()
                             answer = await web.post(settings.starex_webhook_path, json=body)
-                            latencies.append(time.perf_counter() - began)
+                            ended = time.perf_counter()
+                            latencies.append(ended - began)
                         if answer.status_code != 200:
                             not_ok.append((answer.status_code, answer.text))
                             return
                         outcome = answer.json()["outcome"]
                         outcomes[outcome] += 1
+                        answers.append(Answer(body, outcome, began, ended))
                         if outcome == "stored":
                             when = local_minute(body["statetime"])
                             for chat in work.notified(body["barcode"]):
@@ -321,10 +325,49 @@ async def soak(
         injected=faults.injected,
         send_attempts=len(tg.calls_of("sendMessage")),
         early_retries=early_retries(tg),
+        misjudged=misjudged(answers),
         ingest_seconds=ingest,
         delivery_seconds=delivery,
         latencies=latencies,
     )
+
+
+@dataclass(frozen=True)
+class Answer:
+    body: dict[str, Any]
+    outcome: str
+    began: float
+    ended: float
+
+
+def misjudged(answers: list[Answer]) -> list[str]:
+    """Checks each webhook's outcome against the posts, not against the application:
+    "duplicate" and "stale" need an identical or a newer change of the barcode posted
+    before the answer came; "stored" needs that none was answered 200 before it was
+    posted. (Posts in flight together may be ordered either way.)"""
+
+    def same(a: Answer, b: Answer) -> bool:
+        return a is not b and a.body == b.body
+
+    def newer(a: Answer, b: Answer) -> bool:
+        return a.body["barcode"] == b.body["barcode"] and a.body["statetime"] > b.body["statetime"]
+
+    by_barcode: dict[str, list[Answer]] = {}
+    for answer in answers:
+        by_barcode.setdefault(answer.body["barcode"], []).append(answer)
+    wrong = []
+    for answer in answers:
+        others = by_barcode[answer.body["barcode"]]
+        if answer.outcome == "stored":
+            plausible = not any(
+                (same(o, answer) or newer(o, answer)) and o.ended < answer.began for o in others
+            )
+        else:
+            earlier = same if answer.outcome == "duplicate" else newer
+            plausible = any(earlier(o, answer) and o.began < answer.ended for o in others)
+        if not plausible:
+            wrong.append(f"{answer.outcome}: {answer.body}")
+    return wrong
 
 
 def early_retries(tg: FakeTelegram) -> list[tuple[int, float]]:
@@ -369,6 +412,7 @@ def report(result: SoakResult, db_url: str) -> None:
         f"; missing {sum(result.missing.values())}; unrecognised {len(result.unrecognised)}"
         f"; outbox pending {result.pending}, failed {result.failed}"
         f"; sent before retry_after {len(result.early_retries)}"
+        f"; outcomes misjudged {len(result.misjudged)}"
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS             {peak:.0f} MiB")
@@ -396,6 +440,7 @@ async def main(args: argparse.Namespace) -> int:
         or result.unrecognised
         or result.not_ok
         or result.early_retries
+        or result.misjudged
     )
     return 0 if clean and not (result.pending or result.failed) else 1
 

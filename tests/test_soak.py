@@ -43,6 +43,8 @@ async def test_every_stored_event_reaches_each_subscriber_once(tmp_path: Path) -
     assert result.not_ok == [], result.not_ok[:5]
     assert result.posted >= 0.9 * EVENTS
     assert {"stored", "duplicate", "stale"} <= set(result.outcomes), result.outcomes
+    # ...and each outcome is borne out by what was posted, not taken on the app's word.
+    assert result.misjudged == [], result.misjudged[:5]
     assert set(result.injected) == {"429", "500", "502", "drop"}, result.injected
     assert result.send_attempts > sum(result.delivered.values())  # some sends did fail
     assert sum(result.expected.values()) > 1000
