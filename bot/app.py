@@ -129,6 +129,7 @@ def create_app(
     starex_transport: httpx.AsyncBaseTransport | None = None,
     starex_timeout: float = 10.0,
     notifier_options: dict[str, Any] | None = None,
+    catalog_options: dict[str, Any] | None = None,
 ) -> App:
     engine = create_engine(settings.database_url)
     session_factory = create_session_factory(engine)
@@ -145,7 +146,7 @@ def create_app(
         zone=settings.zone,
     )
     i18n = Translator(default_locale=settings.default_language)
-    catalog = StateCatalog(session_factory, starex)
+    catalog = StateCatalog(session_factory, starex, **(catalog_options or {}))
     token_watch = TokenWatch()
     # Two sessions: answers to people wait out Telegram's retry_after on the spot, the
     # dispatcher instead reschedules the row and goes on with other chats.

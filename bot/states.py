@@ -37,6 +37,8 @@ class StateCatalog:
         *,
         min_refresh_interval: float = 60.0,
         refresh_timeout: float = 12.0,
+        refresh_every: float = 3600.0,
+        retry_every: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session_factory = session_factory
@@ -45,6 +47,8 @@ class StateCatalog:
         # The client retries a hanging Starex for half a minute; start-up, notifications
         # and /track wait on a refresh, so it gives up sooner (and is retried later).
         self._timeout = refresh_timeout
+        self._refresh_every = refresh_every
+        self._retry_every = retry_every
         self._clock = clock
         self._states: dict[int, StateInfo] = {}
         self._last_on_unknown: float | None = None  # when ensure() last asked Starex
@@ -133,8 +137,8 @@ class StateCatalog:
             advanced=info.advanced if info else None,
         )
 
-    async def keep_fresh(self, *, interval: float = 3600.0, retry: float = 30.0) -> None:
+    async def keep_fresh(self) -> None:
         """Background task: retry soon while Starex is unreachable, then refresh hourly."""
         while True:
-            await asyncio.sleep(interval if self.fresh else retry)
+            await asyncio.sleep(self._refresh_every if self.fresh else self._retry_every)
             await self.refresh()

@@ -54,7 +54,8 @@ def clock() -> Clock:
 def catalog(
     session_factory: async_sessionmaker[AsyncSession], client: StarexClient, clock: Clock
 ) -> StateCatalog:
-    return StateCatalog(session_factory, client, clock=clock)
+    # keep_fresh(): retry at once while Starex is down, then wait a minute.
+    return StateCatalog(session_factory, client, clock=clock, refresh_every=60, retry_every=0.05)
 
 
 def state_requests(starex: FakeStarex) -> int:
@@ -107,7 +108,7 @@ async def test_without_cache_starts_empty_and_keep_fresh_fills_it(
     assert len(catalog) == 0
     assert await catalog.ensure(9) is None  # no crash, no entry: callers say "status 9"
 
-    task = asyncio.create_task(catalog.keep_fresh(interval=60.0, retry=0.05))
+    task = asyncio.create_task(catalog.keep_fresh())
     try:
 
         async def tried_again() -> bool:
@@ -122,7 +123,7 @@ async def test_without_cache_starts_empty_and_keep_fresh_fills_it(
             await asyncio.sleep(0.02)
         assert catalog.get(9) == StateInfo("Доставлен", "COMPLETE")
         assert await cached_codes(session_factory) == {0, 1, 5, 9, 12}
-        # Fresh now: the next refresh waits for `interval`, not `retry`.
+        # Fresh now: the next refresh waits for refresh_every, not retry_every.
         settled = state_requests(starex)
         await asyncio.sleep(0.3)
         assert state_requests(starex) == settled
@@ -234,10 +235,21 @@ async def test_app_starts_while_starex_is_down(db_url: str) -> None:
     async with FakeTelegram() as tg, FakeStarex() as starex:
         starex.fault = DOWN
         settings = make_settings(db_url, tg.base_url, starex.base_url)
-        async with running(settings) as app, web_client(settings) as web:
+        retry_soon = {"retry_every": 0.2}
+        async with (
+            running(settings, catalog_options=retry_soon) as app,
+            web_client(settings) as web,
+        ):
             assert (await web.get("/healthz")).status_code == 200
             assert not app.catalog.fresh and len(app.catalog) == 0
-        assert state_requests(starex) >= 1
+            starex.fault = None  # Starex is back: the app's own retry finds it
+
+            async def fresh() -> bool:
+                return app.catalog.fresh
+
+            await until(fresh, 10, "the dictionary fetched in the background")
+            assert app.catalog.get(9) == StateInfo("Доставлен", "COMPLETE")
+        assert state_requests(starex) >= 2
 
 
 # --- naming the steps of a /track history ----------------------------------------------
