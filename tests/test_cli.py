@@ -117,6 +117,17 @@ def test_each_missing_required_setting_is_named(tmp_path: Path) -> None:
         assert "not set" in result[2]
 
 
+def test_the_console_script_is_the_same_program(tmp_path: Path) -> None:
+    """`starex-bot`, as the README runs it, beside the interpreter that installed it."""
+    script = Path(sys.executable).with_name("starex-bot")
+    assert script.exists(), f"{script}: the console script is not installed"
+    env = environ(**{k: v for k, v in REQUIRED.items() if k != "BOT_TOKEN"})
+    result = subprocess.run(
+        [script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=QUICK
+    )
+    assert_one_line_naming((result.returncode, result.stdout, result.stderr), "BOT_TOKEN")
+
+
 MALFORMED = {
     "PORT": "abc",
     "STAREX_TIMEZONE": "Mars/Base",
