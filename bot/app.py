@@ -59,6 +59,7 @@ SHUTDOWN_GRACE = 5.0
 # For webhooks in flight at shutdown (a commit takes milliseconds); a client stalled
 # mid-body is cut off after it, gets no 200, and Starex sends it again.
 WEBHOOK_GRACE = 2.0
+STAREX_GRACE = 2.0  # of SHUTDOWN_GRACE, for look-ups under way; see _settle()
 TELEGRAM_SETUP_TIMEOUT = 15.0
 
 
@@ -415,13 +416,19 @@ async def run(app: App, stop: asyncio.Event) -> None:
 
 async def _settle(app: App, notifier_task: asyncio.Task[Any] | None) -> None:
     """Up to SHUTDOWN_GRACE for the updates being handled (people waiting for an answer)
-    and the sends already started to finish."""
+    and the sends already started to finish. Starex gets the first STAREX_GRACE of it:
+    then the look-ups still waiting are cut off, so those people are answered from what
+    is stored rather than not at all (Telegram will not send their messages again)."""
     waits = [app.updates.wait()]
     if notifier_task is not None:
         waits.append(asyncio.shield(notifier_task))
+    settled = asyncio.gather(*waits)
+    done, _ = await asyncio.wait({settled}, timeout=STAREX_GRACE)
+    if not done:
+        await app.starex.aclose()
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(SHUTDOWN_GRACE):
-            await asyncio.gather(*waits)
+        async with asyncio.timeout(SHUTDOWN_GRACE - STAREX_GRACE):
+            await settled
 
 
 async def close(app: App) -> None:

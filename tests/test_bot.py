@@ -436,6 +436,28 @@ async def test_every_telegram_language_code_is_answered_in_a_language_of_ours(
     assert reply["text"] == greetings[expected]
 
 
+async def test_a_look_up_under_way_at_shutdown_is_answered_from_what_is_stored(
+    tmp_path, tg: FakeTelegram, starex: FakeStarex
+) -> None:
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    async with running(settings):
+        body = {"barcode": BARCODE, "state": 9, "statetime": "2026-06-15 14:30:00"}
+        async with web_client(settings) as web:
+            assert (await web.post(webhook_path(settings), json=body)).status_code == 200
+        starex.delay = 60  # Starex hangs from now on
+        tg.message(CHAT, f"/track {BARCODE}", language_code="en")
+
+        async def asked() -> bool:
+            return any("/order/trace" in path for path in starex.requests)
+
+        await until(asked, 5, "the look-up under way")
+    # Shut down: Telegram will not send that message again, so it must be answered now.
+    (reply,) = tg.sent_messages(CHAT)
+    assert "Delivered" in reply["text"] and "15.06.2026 14:30" in reply["text"]
+
+
 # --- hostile text --------------------------------------------------------------------
 
 HOSTILE = "<<Gift>> & Co </b>"

@@ -18,6 +18,10 @@ from bot.starex import (
     Trace,
     TraceStep,
 )
+from tests.fake_starex import LOGIN as FAKE_LOGIN
+from tests.fake_starex import PASSWORD as FAKE_PASSWORD
+from tests.fake_starex import FakeStarex
+from tests.harness import until
 
 BASE = "https://starex.test"
 LOGIN = "shop-login"
@@ -553,5 +557,26 @@ async def test_client_is_closed_by_context_manager(api):
     async with StarexClient(BASE, LOGIN, PASSWORD) as starex:
         await starex.get_states()
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StarexUnavailable) as info:  # what every caller handles already
         await starex.get_states()
+    assert info.value.kind == "closed"
+
+
+async def test_closing_the_client_cuts_off_a_look_up_under_way(caplog):
+    """Shutdown closes the client so people waiting are answered from what is stored:
+    the look-up fails at once as "closed", is not retried, and is no WARNING."""
+    async with FakeStarex() as starex:
+        starex.delay = 30  # hangs
+        client = StarexClient(starex.base_url, FAKE_LOGIN, FAKE_PASSWORD, retries=2, timeout=60)
+        lookup = asyncio.create_task(client.get_trace(BARCODE))
+
+        async def asked() -> bool:
+            return bool(starex.requests)
+
+        await until(asked, 5, "the look-up under way")
+        await client.aclose()
+        with pytest.raises(StarexUnavailable) as info:
+            await asyncio.wait_for(lookup, 2)
+    assert info.value.kind == "closed"
+    assert len(starex.requests) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

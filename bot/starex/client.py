@@ -28,8 +28,13 @@ _MAX_BACKOFF = 10.0
 
 
 def _is_transient(exc: BaseException) -> bool:
-    # No response at all (status None) or a 5xx; a GET is safe to repeat.
-    return isinstance(exc, StarexUnavailable) and (exc.status is None or exc.status >= 500)
+    # No response at all (status None) or a 5xx; a GET is safe to repeat. Not once the
+    # client is closed: that is the program stopping.
+    return (
+        isinstance(exc, StarexUnavailable)
+        and exc.kind != "closed"
+        and (exc.status is None or exc.status >= 500)
+    )
 
 
 def _short(text: str, limit: int = 100) -> str:
@@ -173,8 +178,10 @@ class StarexClient:
             result = await self._fetch(path, params, parse)
         except StarexError as exc:
             self._report(endpoint, started, exc.kind)
-            # A barcode Starex does not know is a person's typo, not Starex failing.
-            level = logging.INFO if isinstance(exc, StarexNotFound) else logging.WARNING
+            # A barcode Starex does not know is a person's typo, and a look-up cut off
+            # by shutdown is ours: neither is Starex failing.
+            expected = isinstance(exc, StarexNotFound) or exc.kind == "closed"
+            level = logging.INFO if expected else logging.WARNING
             logger.log(
                 level,
                 "Starex %s request failed: %s (HTTP status %s)",
@@ -189,6 +196,9 @@ class StarexClient:
     async def _fetch(
         self, path: str, params: dict[str, str] | None, parse: Callable[[Any], _T]
     ) -> _T:
+        closed = StarexUnavailable("cut off: the program is stopping", kind="closed")
+        if self._http.is_closed:
+            raise closed
         try:
             # httpx timeouts are per read/write; this caps the whole attempt.
             async with asyncio.timeout(self._timeout):
@@ -196,6 +206,8 @@ class StarexClient:
         except (httpx.TimeoutException, TimeoutError):
             raise StarexUnavailable("request timed out", kind="timeout") from None
         except httpx.TransportError as exc:
+            if self._http.is_closed:  # aclose() while the request was under way
+                raise closed from None
             raise StarexUnavailable(
                 f"connection failed ({type(exc).__name__})", kind="connect"
             ) from None
