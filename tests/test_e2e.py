@@ -137,30 +137,28 @@ async def test_a_client_stalled_mid_body_does_not_hold_up_shutdown(
     assert took < 5, took
 
 
-async def test_token_refused_by_telegram_stops_with_a_clear_error(
-    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("status", "description", "named"),
+    [
+        (401, "Unauthorized", "BOT_TOKEN"),  # a token Telegram refuses
+        (404, "Not Found", r"TELEGRAM_API_URL .* 404"),  # not a Bot API server at all
+    ],
+)
+async def test_telegram_refusing_us_at_start_up_stops_with_a_clear_error(
+    tmp_path,
+    fakes: tuple[FakeTelegram, FakeStarex],
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    description: str,
+    named: str,
 ) -> None:
     tg, starex = fakes
-    tg.fail(None, status=401, description="Unauthorized", times=None)
+    tg.fail(None, status=status, description=description, times=None)
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
     )
     app = create_app(settings)
-    with pytest.raises(ConfigError, match="BOT_TOKEN"):
-        await asyncio.wait_for(run(app, asyncio.Event()), 20)
-    assert "Traceback" not in caplog.text
-
-
-async def test_a_telegram_api_url_that_is_no_bot_api_stops_with_a_clear_error(
-    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
-) -> None:
-    tg, starex = fakes
-    tg.fail(None, status=404, description="Not Found", times=None)
-    settings = make_settings(
-        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
-    )
-    app = create_app(settings)
-    with pytest.raises(ConfigError, match=r"TELEGRAM_API_URL .* 404"):
+    with pytest.raises(ConfigError, match=named):
         await asyncio.wait_for(run(app, asyncio.Event()), 20)
     assert "Traceback" not in caplog.text
 
