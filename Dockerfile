@@ -5,7 +5,7 @@ WORKDIR /app
 
 COPY pyproject.toml README.md ./
 COPY bot ./bot
-RUN pip install ".[postgres]"
+RUN pip install ".[postgres,redis]"
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY locales ./locales
