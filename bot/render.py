@@ -29,9 +29,11 @@ def esc(text: object) -> str:
 
 
 def mask_name(name: str | None) -> str:
-    """`Alisher Karimov` -> `A*** K***`: enough to recognise, never the full name."""
-    words = (name or "").split()
-    return " ".join(f"{w[0]}***" for w in words)
+    """`Alisher Karimov` -> `A*** K***`: enough to recognise, never the full name.
+    A word's first letter or digit; a word without one (a zero-width space, a dash)
+    is no word."""
+    initials = (next((c for c in word if c.isalnum()), None) for word in (name or "").split())
+    return " ".join(f"{initial}***" for initial in initials if initial)
 
 
 def format_time(moment: date) -> str:

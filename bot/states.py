@@ -102,6 +102,9 @@ class StateCatalog:
                 )
         except SQLAlchemyError as exc:
             log.warning("status dictionary fetched but not cached: %s", type(exc).__name__)
+        except Exception:
+            # Names still serve from memory; the hourly refresh must go on.
+            log.exception("status dictionary fetched but not cached: unexpected error")
         # Codes that vanished from Starex's list still decode old events.
         self._states = {**self._states, **fetched}
         self.fresh = True

@@ -203,6 +203,9 @@ async def test_null_fields_become_none(api, client):
         ("nan", None),
         (1e25, None),  # past what Babel can format: a placeholder, not a weight
         (-1, None),
+        (-0.0, None),  # shown as "-0 kg"
+        (0, None),  # not weighed
+        (1e-300, None),  # shown as "0 kg"
     ],
 )
 async def test_weight_is_lenient(api, client, raw, expected):
@@ -306,12 +309,34 @@ async def test_missing_barcode_falls_back_to_the_requested_one(api, client):
 
 async def test_malformed_state_entries_are_dropped(api, client):
     api["states"].respond(
-        json={"success": True, "data": [{"code": 1, "advanced": "NEW"}, {"name": "no code"}]}
+        json={
+            "success": True,
+            "data": [
+                {"code": 1, "advanced": "NEW"},
+                {"name": "no code"},
+                # Past the database's integers (the refresh crashed storing it on SQLite).
+                {"code": 10**20, "name": "huge"},
+                {"code": -1, "name": "negative"},
+            ],
+        }
     )
 
     states = await client.get_states()
 
     assert states == [State(code=1, advanced="NEW")]
+
+
+async def test_a_field_of_another_type_does_not_lose_the_trace(api, client):
+    api["trace"].respond(
+        json=trace_payload(
+            recipient=12, trace=[{"code": 9, "name": ["x"], "advansed": 7, "statetime": None}]
+        )
+    )
+
+    trace = await client.get_trace(BARCODE)
+
+    assert trace.recipient == "12"
+    assert trace.steps == [TraceStep(code=9, name=None, advanced="7", statetime=None)]
 
 
 # --- not found / auth --------------------------------------------------------

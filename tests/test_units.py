@@ -192,6 +192,8 @@ def test_mask_name() -> None:
     assert mask_name("Alisher Karimov") == "A*** K***"
     assert mask_name(None) == ""
     assert "Karimov" not in mask_name("Alisher  Karimov ")
+    # Copy-paste leftovers are no words; a quote or a bracket is not an initial.
+    assert mask_name("\u200b Alisher - «Karimov»") == "A*** K***"
 
 
 class StrictTelegramHTML(HTMLParser):

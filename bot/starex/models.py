@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 from datetime import date as calendar_date
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -25,8 +25,10 @@ _M = TypeVar("_M", bound=BaseModel)
 # them between zones overflows the calendar, and no parcel changed status then.
 EARLIEST = datetime(2000, 1, 1)
 LATEST = datetime(2100, 1, 1)
-# Kilograms; past this a number is a placeholder or a unit mix-up, not a parcel.
-MAX_WEIGHT = 100_000.0
+# Kilograms; outside these a number is a placeholder or a unit mix-up, not a parcel.
+MIN_WEIGHT, MAX_WEIGHT = 0.001, 100_000.0
+# The webhook's bounds for a status code; a larger one would not fit the database.
+StateCode = Annotated[int, Field(ge=0, lt=10**9)]
 
 
 def plausible(moment: datetime) -> bool:
@@ -55,6 +57,16 @@ def _naive_time(value: object, info: ValidationInfo) -> datetime | None:
     return parsed if plausible(parsed) else None
 
 
+def _text(value: object) -> str | None:
+    """Starex's text fields, leniently: a number is written out, anything else (a list,
+    an object) is no text rather than a reason to drop the whole trace."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 def valid_items(
     model: type[_M], items: Iterable[object], context: dict[str, Any] | None = None
 ) -> list[_M]:
@@ -69,19 +81,23 @@ def valid_items(
 
 
 class State(BaseModel):
-    code: int
+    code: StateCode
     name: str | None = None
     advanced: str | None = None
 
+    _texts = field_validator("name", "advanced", mode="before")(_text)
+
 
 class TraceStep(BaseModel):
-    code: int
+    code: StateCode
     name: str | None = None
     # The trace endpoint spells it "advansed"; the dictionary spells it "advanced".
     advanced: str | None = Field(
         default=None, validation_alias=AliasChoices("advansed", "advanced")
     )
     statetime: datetime | None = None
+
+    _texts = field_validator("name", "advanced", mode="before")(_text)
 
     @field_validator("statetime", mode="before")
     @classmethod
@@ -97,6 +113,8 @@ class Trace(BaseModel):
     steps: list[TraceStep] = Field(
         default_factory=list, validation_alias=AliasChoices("trace", "steps")
     )
+
+    _texts = field_validator("recipient", mode="before")(_text)
 
     @field_validator("date", mode="before")
     @classmethod
@@ -115,7 +133,7 @@ class Trace(BaseModel):
             weight = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return None
-        return weight if 0 <= weight < MAX_WEIGHT else None  # NaN fails both
+        return weight if MIN_WEIGHT <= weight < MAX_WEIGHT else None  # NaN fails both
 
     @field_validator("steps", mode="before")
     @classmethod
