@@ -22,10 +22,22 @@ _URL_SCHEME = re.compile(r"^([a-z0-9]+)\+([a-z0-9_]+)://", re.IGNORECASE)
 # Starex, and anything else (`/`, `?`, `%`, a space) makes that URL miss the route.
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]+")
 MIN_WEBHOOK_SECRET = 16
-# What a PostgreSQL URL's query may hold: SQLAlchemy hands every key to asyncpg's
-# connect(), which fails on any other with a TypeError at start-up. `sslmode`, which
-# libpq and every cloud console spell, is asyncpg's `ssl`.
-POSTGRES_OPTIONS = ("ssl", "target_session_attrs", "prepared_statement_cache_size")
+# What a PostgreSQL URL's query may hold, and the values each takes: SQLAlchemy hands
+# them to asyncpg's connect() as they are, which fails on anything else at start-up (a
+# TypeError, a traceback, or with a negative cache size a hang). `sslmode`, which libpq
+# and every cloud console spell, is asyncpg's `ssl`.
+POSTGRES_OPTIONS: dict[str, tuple[str, ...] | None] = {
+    "ssl": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": (
+        "any",
+        "primary",
+        "standby",
+        "prefer-standby",
+        "read-write",
+        "read-only",
+    ),
+    "prepared_statement_cache_size": None,  # a whole number; 0 behind PgBouncer
+}
 
 
 class Settings(BaseSettings):
@@ -194,6 +206,11 @@ def _postgres_options(url: str) -> str:
                 f"has the option {key!r}, which asyncpg does not take "
                 f"(it takes {', '.join(POSTGRES_OPTIONS)}, and sslmode as ssl)"
             )
+        choices = POSTGRES_OPTIONS[key]
+        if choices is None and not (option.isascii() and option.isdigit() and len(option) < 7):
+            raise ValueError(f"has {key}={option!r}; it takes a whole number")
+        if choices is not None and option not in choices:
+            raise ValueError(f"has {key}={option!r}; it takes one of {', '.join(choices)}")
         options.append((key, option))
     return parts._replace(query=urlencode(options)).geturl()
 

@@ -189,6 +189,20 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
         # Each was a traceback at start-up: asyncpg refuses unknown options, the port
         # and the IPv6 host are parsed only when connecting (or redacting the log).
         ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?foo=bar"),
+        # A negative cache size hung the program, unstoppable by SIGTERM.
+        (
+            "DATABASE_URL",
+            f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?prepared_statement_cache_size=-5",
+        ),
+        (
+            "DATABASE_URL",
+            f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?prepared_statement_cache_size=abc",
+        ),
+        (
+            "DATABASE_URL",
+            f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?target_session_attrs=weird",
+        ),
+        ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db/bot?sslmode=maybe"),
         ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db:abc/bot"),
         ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@db:99999/bot"),
         ("DATABASE_URL", f"postgresql+asyncpg://bot:{DB_PASSWORD}@[::1/bot"),
