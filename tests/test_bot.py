@@ -4,6 +4,7 @@ real httpx against the fake Starex, a real database."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -605,6 +606,29 @@ async def test_a_person_who_blocked_the_bot_mid_answer_is_marked_inactive(
 
     await until(inactive, 5, "the person marked inactive")
     assert len(tg.calls_of("sendMessage")) == 1  # no apology sent after the answer
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(502, None), (0, None), (429, 5)],
+    ids=["5xx", "dropped", "retry_after-5"],
+)
+async def test_the_typing_indicator_failing_neither_delays_nor_logs(
+    app: App,
+    tg: FakeTelegram,
+    caplog: pytest.LogCaptureFixture,
+    status: int,
+    retry_after: int | None,
+) -> None:
+    tg.fail("sendChatAction", status=status, retry_after=retry_after, times=None)
+    started = asyncio.get_running_loop().time()
+    texts = await ask(tg, f"/track {BARCODE}")
+    assert "Delivered" in texts[0]
+    # Not held back by the indicator's retry_after (aiogram's ChatActionSender was).
+    assert asyncio.get_running_loop().time() - started < 4
+    await asyncio.sleep(0.1)
+    gc.collect()  # where "Task exception was never retrieved" would be logged
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 

@@ -7,7 +7,6 @@ from aiogram import F, Router
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InaccessibleMessage, Message
-from aiogram.utils.chat_action import ChatActionSender
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -15,6 +14,7 @@ from bot.barcodes import from_args, normalize
 from bot.db import repo
 from bot.db.models import Subscription
 from bot.render import esc, render_status_line, split_blocks
+from bot.telegram.chat_action import typing
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
 from bot.telegram.texts import barcode_hint, too_many_lookups, usage
@@ -78,7 +78,7 @@ async def follow(
     else:
         head = _("You are already following {barcode}.")
     if await parcels.may_look_up(message.chat.id):
-        async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+        async with typing(message.bot, message.chat.id):
             status = await parcels.current(
                 barcode,
                 locale,
@@ -161,7 +161,7 @@ async def list_command(
         async with lookups:
             return await parcels.current(sub.barcode, locale, sub.label, missing=no_status)
 
-    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+    async with typing(message.bot, message.chat.id):
         lines = await asyncio.gather(*(line(sub) for sub in subscriptions))
     blocks = [_("Parcels you follow ({count}):").format(count=len(subscriptions)), *lines]
     if not ask_starex:

@@ -5,12 +5,12 @@ import asyncio
 from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Message
-from aiogram.utils.chat_action import ChatActionSender
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.barcodes import from_args, normalize, split_barcodes
 from bot.db import repo
+from bot.telegram.chat_action import typing
 from bot.telegram.keyboards import ParcelAction, parcel_keyboard
 from bot.telegram.parcels import Parcels
 from bot.telegram.texts import barcode_hint, too_many_lookups, usage
@@ -22,7 +22,7 @@ async def send_history(message: Message, parcels: Parcels, barcode: str, locale:
     if not await parcels.may_look_up(message.chat.id):
         await message.answer(too_many_lookups())
         return
-    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+    async with typing(message.bot, message.chat.id):
         texts = await parcels.history(barcode, locale)
     for text in texts:
         await message.answer(text)
@@ -67,7 +67,7 @@ async def barcodes_in_text(
         return
     async with session_factory() as session:
         followed = {s.barcode for s in await repo.list_subscriptions(session, message.chat.id)}
-    async with ChatActionSender.typing(bot=message.bot, chat_id=message.chat.id):
+    async with typing(message.bot, message.chat.id):
         statuses = await asyncio.gather(*(parcels.current(b, locale) for b in shown))
     for barcode, status in zip(shown, statuses, strict=True):
         await message.answer(
