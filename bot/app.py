@@ -26,6 +26,7 @@ from aiogram.exceptions import (
     TelegramAPIError,
     TelegramNetworkError,
     TelegramNotFound,
+    TelegramRetryAfter,
     TelegramServerError,
     TelegramUnauthorizedError,
 )
@@ -291,11 +292,12 @@ def _quiet_malformed_requests() -> None:
 TOKEN_REFUSED = "BOT_TOKEN was refused by Telegram (401 Unauthorized): check the token"
 
 
-def _not_bot_api(app: App) -> ConfigError:
-    # A well-formed token gets 401 from Telegram when wrong, never 404: the URL is.
+def _not_bot_api(app: App, exc: TelegramAPIError) -> ConfigError:
+    # A well-formed but wrong token gets 401 from Telegram, never 404 or 403: the URL is
+    # wrong (or points at something that is not the Bot API).
     return ConfigError(
-        f"TELEGRAM_API_URL {app.settings.telegram_api_url} answered 404 Not Found: "
-        "it is not a Bot API server"
+        f"TELEGRAM_API_URL {app.settings.telegram_api_url} refused the bot "
+        f"({type(exc).__name__}: {exc.message}): is it a Bot API server?"
     )
 
 
@@ -316,8 +318,8 @@ async def _prepare_telegram(app: App) -> None:
                 )
     except TelegramUnauthorizedError:
         raise ConfigError(TOKEN_REFUSED) from None
-    except TelegramNotFound:
-        raise _not_bot_api(app) from None
+    except TelegramNotFound as exc:
+        raise _not_bot_api(app, exc) from None
     except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
         reason = exc if isinstance(exc, TelegramAPIError) else type(exc).__name__
         log.warning("Telegram set-up incomplete (%s); the bot goes on", reason)
@@ -333,20 +335,26 @@ async def _poll(app: App) -> None:
             break
         except TelegramUnauthorizedError:
             raise ConfigError(TOKEN_REFUSED) from None
-        except TelegramNotFound:
-            raise _not_bot_api(app) from None
-        except (TelegramNetworkError, TelegramServerError, ClientDecodeError) as exc:
+        except (
+            TelegramNetworkError,
+            TelegramServerError,
+            TelegramRetryAfter,
+            ClientDecodeError,
+        ) as exc:
             # ClientDecodeError: not JSON, e.g. a proxy's error page (its message is
             # the whole body, so only its name is logged).
             reason = type(exc).__name__ if isinstance(exc, ClientDecodeError) else exc
+            wait = exc.retry_after if isinstance(exc, TelegramRetryAfter) else delay
             log.warning(
                 "Telegram unreachable at TELEGRAM_API_URL %s (%s); retrying in %.0f s",
                 app.settings.telegram_api_url,
                 reason,
-                delay,
+                wait,
             )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(wait)
             delay = min(delay * 2, 60.0)
+        except TelegramAPIError as exc:  # 404, 403, 400, a teapot: nothing will work
+            raise _not_bot_api(app, exc) from None
     await app.dp.start_polling(
         app.bot,
         handle_signals=False,

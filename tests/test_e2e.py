@@ -141,7 +141,10 @@ async def test_a_client_stalled_mid_body_does_not_hold_up_shutdown(
     ("status", "description", "named"),
     [
         (401, "Unauthorized", "BOT_TOKEN"),  # a token Telegram refuses
-        (404, "Not Found", r"TELEGRAM_API_URL .* 404"),  # not a Bot API server at all
+        # Not a Bot API server at all, or one that will not serve this bot.
+        (404, "Not Found", r"TELEGRAM_API_URL .*Not Found"),
+        (403, "Forbidden", r"TELEGRAM_API_URL .*Forbidden"),
+        (418, "I'm a teapot", r"TELEGRAM_API_URL .*teapot"),
     ],
 )
 async def test_telegram_refusing_us_at_start_up_stops_with_a_clear_error(
@@ -160,6 +163,23 @@ async def test_telegram_refusing_us_at_start_up_stops_with_a_clear_error(
     app = create_app(settings)
     with pytest.raises(ConfigError, match=named):
         await asyncio.wait_for(run(app, asyncio.Event()), 20)
+    assert "Traceback" not in caplog.text
+
+
+async def test_retry_after_on_getme_at_start_up_is_waited_out(
+    tmp_path, fakes: tuple[FakeTelegram, FakeStarex], caplog: pytest.LogCaptureFixture
+) -> None:
+    tg, starex = fakes
+    tg.fail("getMe", status=429, retry_after=1, times=1)
+    settings = make_settings(
+        f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
+    )
+    async with running(settings):
+        tg.message(10, "/help")
+        await tg.wait_for_messages(1, chat_id=10)
+    refused, answered = tg.calls_of("getMe")[:2]
+    assert refused.status == 429 and answered.ok
+    assert answered.at - refused.at >= 1.0
     assert "Traceback" not in caplog.text
 
 
