@@ -64,6 +64,8 @@ class StarexWebhook:
                     return self._reject(413, "too_large", "body is larger than 64 KiB")
         except RequestPayloadError:  # e.g. Content-Encoding: gzip over bytes that are not
             return self._reject(400, "invalid", "body cannot be decoded (Content-Encoding?)")
+        except ConnectionError:  # the sender left mid-body; nobody reads this answer
+            return self._reject(400, "incomplete", "body incomplete: connection lost")
 
         try:
             event = parse_event(bytes(body), self._zone)
