@@ -120,7 +120,9 @@ class TelegramWebhook(SimpleRequestHandler):
         if self.verify_secret(secret, self.bot):
             try:
                 Update.model_validate(await request.json(), context={"bot": self.bot})
-            except ValueError:  # not JSON, not UTF-8, or not an Update
+            # Not JSON, not UTF-8, not an Update, nested past the parser, an encoding
+            # that does not decode, or the sender gone mid-body.
+            except (ValueError, RecursionError, RequestPayloadError, ConnectionError):
                 return web.Response(status=400, text="not a Telegram update")
         return await super().handle(request)
 

@@ -83,9 +83,12 @@ async def test_telegram_webhook_mode_checks_the_secret_token(
         # The token Telegram was given: what it will echo on every update.
         (registered,) = tg.calls_of("setWebhook")
         good = {"X-Telegram-Bot-Api-Secret-Token": registered.params["secret_token"]}
-        for body in (b"not json", b"\xff\xfe", b"[]", b'{"update_id": "x"}'):
+        for body in (b"not json", b"\xff\xfe", b"[]", b'{"update_id": "x"}', b"[" * 100_000):
             response = await web.post("/telegram/webhook", content=body, headers=good)
-            assert response.status_code == 400, body
+            assert response.status_code == 400, body[:20]
+        not_gzip = {**good, "Content-Encoding": "gzip"}
+        response = await web.post("/telegram/webhook", content=b"not gzip", headers=not_gzip)
+        assert response.status_code == 400
         response = await web.post("/telegram/webhook", json=update, headers=good)
         assert response.status_code == 200
         (reply,) = await tg.wait_for_messages(1, chat_id=55)
