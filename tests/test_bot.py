@@ -216,6 +216,27 @@ async def test_language_choice_is_stored_and_used(app: App, tg: FakeTelegram) ->
     assert help_uz != help_en
 
 
+async def test_a_language_saved_is_not_followed_by_an_apology_when_telegram_fails_after(
+    app: App, tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    await ask(tg, "/language")
+    tg.fail("editMessageText", status=502, description="Bad Gateway")
+    tg.fail("setMyCommands", status=502, description="Bad Gateway")
+    tg.callback(CHAT, "lang:uz")
+
+    async def confirmed() -> bool:
+        return bool(tg.calls_of("answerCallbackQuery"))
+
+    await until(confirmed, 5, "the choice confirmed")
+    await asyncio.sleep(0.5)  # an apology would have come by now
+    assert len(tg.sent_messages(CHAT)) == 1  # the /language keyboard only
+    async with app.session_factory() as session:
+        user = await repo.get_user(session, CHAT)
+    assert user is not None and user.language == "uz"
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "saved" in warning.getMessage() and warning.exc_info is None
+
+
 async def test_admin_command_only_for_admins(app: App, tg: FakeTelegram) -> None:
     (stranger,) = await ask(tg, "/stats")
     (admin,) = await ask(tg, "/stats", chat=7, language="ru")

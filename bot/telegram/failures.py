@@ -12,15 +12,25 @@ from aiogram.client.session.middlewares.base import (
     NextRequestMiddlewareType,
 )
 from aiogram.exceptions import (
+    ClientDecodeError,
     TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
+    TelegramNetworkError,
     TelegramRetryAfter,
+    TelegramServerError,
 )
 from aiogram.methods import Response, TelegramMethod
 
 log = logging.getLogger(__name__)
 
+# Telegram itself failing, not our code nor the chat: one log line, no traceback.
+TELEGRAM_TROUBLE = (
+    TelegramNetworkError,
+    TelegramServerError,
+    TelegramRetryAfter,
+    ClientDecodeError,
+)
 # 400 Bad Request descriptions that mean the chat itself is gone (403 always does).
 GONE_MARKERS = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 

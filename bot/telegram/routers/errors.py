@@ -3,32 +3,16 @@ from __future__ import annotations
 import logging
 
 from aiogram import Router
-from aiogram.exceptions import (
-    ClientDecodeError,
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramNetworkError,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
+from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramUnauthorizedError
 from aiogram.types import ErrorEvent, Message
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
 from bot.i18n import Translator
-from bot.telegram.failures import chat_gone
+from bot.telegram.failures import TELEGRAM_TROUBLE, chat_gone
 
 log = logging.getLogger(__name__)
-
-# Telegram itself failing, not our code: one line for the operator, no traceback.
-TELEGRAM_TROUBLE = (
-    TelegramNetworkError,
-    TelegramServerError,
-    TelegramRetryAfter,
-    ClientDecodeError,
-)
 
 
 async def on_error(

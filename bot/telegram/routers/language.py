@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import BotCommandScopeChat, CallbackQuery, Message
@@ -10,7 +12,10 @@ from bot.config import LANGUAGES
 from bot.db import repo
 from bot.i18n import Translator
 from bot.telegram.commands import bot_commands
+from bot.telegram.failures import TELEGRAM_TROUBLE
 from bot.telegram.keyboards import LanguageChoice, language_keyboard
+
+log = logging.getLogger(__name__)
 
 
 async def language_command(message: Message) -> None:
@@ -31,13 +36,18 @@ async def language_chosen(
         await repo.set_language(session, query.message.chat.id, locale)
     done = i18n.gettext("Language saved: English.", locale=locale)
     await query.answer(done)
-    if isinstance(query.message, Message):
-        await query.message.edit_text(done)
-    # The menu of this chat follows the chosen language too.
-    await query.bot.set_my_commands(
-        bot_commands(i18n, locale),
-        scope=BotCommandScopeChat(chat_id=query.message.chat.id),
-    )
+    # Saved and confirmed; what follows only tidies up. Should Telegram fail it, an
+    # apology (in the language just left) would tell the person it did not work.
+    try:
+        # The menu of this chat follows the chosen language too.
+        await query.bot.set_my_commands(
+            bot_commands(i18n, locale),
+            scope=BotCommandScopeChat(chat_id=query.message.chat.id),
+        )
+        if isinstance(query.message, Message):
+            await query.message.edit_text(done)
+    except TELEGRAM_TROUBLE as exc:
+        log.warning("language of chat %s saved, menu not updated: %s", query.message.chat.id, exc)
 
 
 def create_router() -> Router:
