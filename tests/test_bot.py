@@ -459,7 +459,7 @@ async def test_every_telegram_language_code_is_answered_in_a_language_of_ours(
 
 
 async def test_a_look_up_under_way_at_shutdown_is_answered_from_what_is_stored(
-    tmp_path, tg: FakeTelegram, starex: FakeStarex
+    tmp_path, tg: FakeTelegram, starex: FakeStarex, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(
         f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", tg.base_url, starex.base_url
@@ -478,6 +478,7 @@ async def test_a_look_up_under_way_at_shutdown_is_answered_from_what_is_stored(
     # Shut down: Telegram will not send that message again, so it must be answered now.
     (reply,) = tg.sent_messages(CHAT)
     assert "Delivered" in reply["text"] and "15.06.2026 14:30" in reply["text"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # ours, not Starex's
 
 
 # --- hostile text --------------------------------------------------------------------

@@ -137,7 +137,9 @@ class Parcels:
         except StarexAuthError:
             log.error("Starex refused our credentials: check STAREX_LOGIN and STAREX_PASSWORD")
         except StarexError as exc:
-            log.warning("Starex look-up of %s failed: %s", barcode, exc)
+            # Cut off by shutdown: ours, not Starex failing.
+            level = logging.INFO if exc.kind == "closed" else logging.WARNING
+            log.log(level, "Starex look-up of %s failed: %s", barcode, exc)
         else:
             # Steps are named from the dictionary where Starex left them unnamed.
             for code in {step.code for step in found.steps}:
