@@ -24,10 +24,8 @@ from aiogram.enums import ParseMode
 from aiogram.exceptions import (
     ClientDecodeError,
     TelegramAPIError,
-    TelegramNetworkError,
     TelegramNotFound,
     TelegramRetryAfter,
-    TelegramServerError,
     TelegramUnauthorizedError,
 )
 from aiogram.methods import Response, TelegramMethod
@@ -47,7 +45,7 @@ from bot.notify.dispatcher import Notifier
 from bot.starex import StarexClient
 from bot.states import StateCatalog
 from bot.telegram.commands import set_bot_commands
-from bot.telegram.failures import WaitOutFloodControl
+from bot.telegram.failures import TELEGRAM_TROUBLE, WaitOutFloodControl, describe
 from bot.telegram.middlewares import UpdatesInFlight, UserMiddleware
 from bot.telegram.parcels import LookupCap, Parcels
 from bot.telegram.routers import build_router
@@ -299,7 +297,7 @@ def _not_bot_api(app: App, exc: TelegramAPIError) -> ConfigError:
     # wrong (or points at something that is not the Bot API).
     return ConfigError(
         f"TELEGRAM_API_URL {app.settings.telegram_api_url} refused the bot "
-        f"({type(exc).__name__}: {exc.message}): is it a Bot API server?"
+        f"({describe(exc)}): is it a Bot API server?"
     )
 
 
@@ -323,7 +321,7 @@ async def _prepare_telegram(app: App) -> None:
     except TelegramNotFound as exc:
         raise _not_bot_api(app, exc) from None
     except (TelegramAPIError, ClientDecodeError, TimeoutError) as exc:
-        reason = exc if isinstance(exc, TelegramAPIError) else type(exc).__name__
+        reason = "timeout" if isinstance(exc, TimeoutError) else describe(exc)
         log.warning("Telegram set-up incomplete (%s); the bot goes on", reason)
 
 
@@ -337,20 +335,12 @@ async def _poll(app: App) -> None:
             break
         except TelegramUnauthorizedError:
             raise ConfigError(TOKEN_REFUSED) from None
-        except (
-            TelegramNetworkError,
-            TelegramServerError,
-            TelegramRetryAfter,
-            ClientDecodeError,
-        ) as exc:
-            # ClientDecodeError: not JSON, e.g. a proxy's error page (its message is
-            # the whole body, so only its name is logged).
-            reason = type(exc).__name__ if isinstance(exc, ClientDecodeError) else exc
+        except TELEGRAM_TROUBLE as exc:
             wait = exc.retry_after if isinstance(exc, TelegramRetryAfter) else delay
             log.warning(
                 "Telegram unreachable at TELEGRAM_API_URL %s (%s); retrying in %.0f s",
                 app.settings.telegram_api_url,
-                reason,
+                describe(exc),
                 wait,
             )
             await asyncio.sleep(wait)

@@ -34,7 +34,7 @@ from bot.i18n import Translator
 from bot.metrics import Metrics
 from bot.render import render_notification, utc_to_local
 from bot.states import StateCatalog
-from bot.telegram.failures import chat_gone
+from bot.telegram.failures import chat_gone, describe
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,7 @@ class Notifier:
             # user's doing, so never deactivate; retry with backoff up to max_attempts.
             kind = "network" if isinstance(exc, TelegramNetworkError) else "server"
             self._metrics.notifications_failed.labels(kind).inc()
-            # exc.message, not str(exc): ClientDecodeError's str() carries the whole body.
-            error = f"{type(exc).__name__}: {exc.message}"
+            error = describe(exc)
             delay = min(self._base_backoff * 2.0 ** min(row.attempts, 16), self._max_backoff)
             log.warning("notification %s not sent (%s), retry in %.1fs", row.id, error, delay)
             return await self._retry(row, delay, error, counts=True)

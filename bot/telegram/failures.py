@@ -35,6 +35,13 @@ TELEGRAM_TROUBLE = (
 GONE_MARKERS = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 
 
+def describe(exc: TelegramAPIError | ClientDecodeError) -> str:
+    """One log line: aiogram's str() of a retry_after runs over three lines (a FAQ link),
+    and a ClientDecodeError's carries the whole body it could not decode."""
+    first_line = next(iter(exc.message.splitlines()), "")
+    return f"{type(exc).__name__}: {first_line}"[:200]
+
+
 def chat_gone(exc: TelegramAPIError) -> bool:
     """The person blocked the bot or no longer exists: nothing will reach them."""
     if isinstance(exc, TelegramForbiddenError):

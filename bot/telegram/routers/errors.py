@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import repo
 from bot.i18n import Translator
-from bot.telegram.failures import TELEGRAM_TROUBLE, chat_gone
+from bot.telegram.failures import TELEGRAM_TROUBLE, chat_gone, describe
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ async def on_error(
             await _deactivate(session_factory, message.chat.id, exc.message)
         return True
     if isinstance(exc, TELEGRAM_TROUBLE):
-        log.warning("update %s not answered, Telegram failed: %s", update_id, exc)
+        log.warning("update %s not answered, Telegram failed: %s", update_id, describe(exc))
     elif isinstance(exc, SQLAlchemyError | OSError):
         log.warning(
             "update %s not handled, database unavailable: %s", update_id, type(exc).__name__

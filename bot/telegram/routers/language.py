@@ -12,7 +12,7 @@ from bot.config import LANGUAGES
 from bot.db import repo
 from bot.i18n import Translator
 from bot.telegram.commands import bot_commands
-from bot.telegram.failures import TELEGRAM_TROUBLE
+from bot.telegram.failures import TELEGRAM_TROUBLE, describe
 from bot.telegram.keyboards import LanguageChoice, language_keyboard
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ async def language_chosen(
         if isinstance(query.message, Message):
             await query.message.edit_text(done)
     except TELEGRAM_TROUBLE as exc:
-        log.warning("language of chat %s saved, menu not updated: %s", query.message.chat.id, exc)
+        chat_id = query.message.chat.id
+        log.warning("language of chat %s saved, menu not updated: %s", chat_id, describe(exc))
 
 
 def create_router() -> Router:
