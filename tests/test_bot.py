@@ -605,11 +605,13 @@ async def test_a_reply_waits_out_retry_after_and_is_sent_once(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize(
-    ("status", "retry_after"),
-    [(502, None), (0, None), (429, 30)],
-    ids=["5xx", "dropped", "429-30s"],
+# Telegram failing a call: 5xx, the connection dropped, a retry_after too long to wait.
+telegram_faults = pytest.mark.parametrize(
+    ("status", "retry_after"), [(502, None), (0, None), (429, 30)], ids=["5xx", "drop", "429"]
 )
+
+
+@telegram_faults
 async def test_telegram_failing_a_reply_is_one_warning_then_an_apology(
     app: App,
     tg: FakeTelegram,
@@ -646,8 +648,8 @@ async def test_a_person_who_blocked_the_bot_mid_answer_is_marked_inactive(
 
 @pytest.mark.parametrize(
     ("status", "retry_after"),
-    [(502, None), (0, None), (429, 5)],
-    ids=["5xx", "dropped", "retry_after-5"],
+    [(502, None), (0, None), (429, 5), (429, 30)],
+    ids=["5xx", "drop", "429-short", "429-long"],  # a short one the answer used to wait for
 )
 async def test_the_typing_indicator_failing_neither_delays_nor_logs(
     app: App,
