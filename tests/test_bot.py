@@ -276,12 +276,18 @@ async def test_slow_starex_does_not_block_other_users(
     assert "A*** K***" in trace["text"]  # ...and then it does
 
 
-async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: FakeTelegram) -> None:
-    async def active() -> bool:
-        async with app.session_factory() as session:
-            user = await repo.get_user(session, CHAT)
-        return user is not None and user.is_active
+def inactive(app: App, chat: int = CHAT) -> Callable[[], Awaitable[bool]]:
+    """For until(): the person is stored and marked inactive (blocked the bot)."""
 
+    async def check() -> bool:
+        async with app.session_factory() as session:
+            user = await repo.get_user(session, chat)
+        return user is not None and not user.is_active
+
+    return check
+
+
+async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: FakeTelegram) -> None:
     async def post(state: int, statetime: str) -> None:
         body = {"barcode": BARCODE, "state": state, "statetime": statetime}
         async with web_client(app.settings) as web:
@@ -290,10 +296,10 @@ async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: Fake
     await ask(tg, f"/subscribe {BARCODE}")
     tg.blocked(CHAT)
     await post(1, "2026-06-14 10:00:00")
-    await until(lambda: _not(active), 10, "the 403 marking the person inactive")
+    await until(inactive(app), 10, "the 403 marking the person inactive")
     tg.clear_faults()  # they unblock the bot and write
     await ask(tg, "/start")
-    assert await active()
+    assert not await inactive(app)()
     await post(9, "2026-06-15 14:30:00")
     await tg.wait_for_messages(3, chat_id=CHAT, timeout=10)
     await asyncio.sleep(0.5)  # nothing more comes
@@ -301,10 +307,6 @@ async def test_a_blocked_user_who_writes_again_is_reactivated(app: App, tg: Fake
     notifications = [text for text in texts if "New status" in text]
     assert len(texts) == 3 and len(notifications) == 1  # not the change sent while blocked
     assert "Delivered" in notifications[0]
-
-
-async def _not(check: Callable[[], Awaitable[bool]]) -> bool:
-    return not await check()
 
 
 # --- Starex failing ------------------------------------------------------------------
@@ -635,13 +637,7 @@ async def test_a_person_who_blocked_the_bot_mid_answer_is_marked_inactive(
 ) -> None:
     tg.blocked(CHAT)
     tg.message(CHAT, "/help", language_code="en")
-
-    async def inactive() -> bool:
-        async with app.session_factory() as session:
-            user = await repo.get_user(session, CHAT)
-        return user is not None and not user.is_active
-
-    await until(inactive, 5, "the person marked inactive")
+    await until(inactive(app), 5, "the person marked inactive")
     assert len(tg.calls_of("sendMessage")) == 1  # no apology sent after the answer
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -148,14 +148,6 @@ def attempts(tg: FakeTelegram, chat_id: int) -> list[Call]:
 
 def texts(tg: FakeTelegram, chat_id: int) -> list[str]:
     return [m["text"] for m in tg.sent_messages(chat_id)]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{check.__name__} still false after {seconds}s")
 
 
 @asynccontextmanager
@@ -499,7 +491,7 @@ async def test_gives_up_after_max_attempts(env: Env, caplog: pytest.LogCaptureFi
         return (await rows(env))[0].status == STATUS_FAILED
 
     async with running(notifier):
-        await eventually(failed)
+        await until(failed, 5, "the row given up")
         await asyncio.sleep(0.3)  # room for a wrong fourth attempt
 
     assert len(attempts(env.tg, A)) == 3

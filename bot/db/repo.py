@@ -411,6 +411,13 @@ async def mark_failed(session: AsyncSession, notification_id: int, error: str) -
     )
 
 
+async def give_up_on_chat(session: AsyncSession, chat_id: int, error: str) -> None:
+    """The person blocked the bot (or is gone): inactive from now on, nothing queued for
+    them is sent, until they write again (touch_user)."""
+    await deactivate_user(session, chat_id)
+    await fail_pending_for_chat(session, chat_id, error)
+
+
 async def fail_pending_for_chat(session: AsyncSession, chat_id: int, error: str) -> int:
     """Give up on every pending row of a chat (the user blocked the bot)."""
     result = await session.execute(

@@ -243,9 +243,7 @@ class Notifier:
         self._metrics.notifications_failed.labels("blocked").inc()
         log.info("chat %s unreachable (%s): marked inactive", row.chat_id, error)
         async with self._session_factory() as session, session.begin():
-            await repo.deactivate_user(session, row.chat_id)
-            await repo.fail_pending_for_chat(session, row.chat_id, error)
-            await repo.mark_failed(session, row.id, error)
+            await repo.give_up_on_chat(session, row.chat_id, error)  # this row included
         return "gone"
 
     async def _record_sent(self, row: Notification) -> None:

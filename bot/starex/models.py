@@ -27,8 +27,10 @@ EARLIEST = datetime(2000, 1, 1)
 LATEST = datetime(2100, 1, 1)
 # Kilograms; outside these a number is a placeholder or a unit mix-up, not a parcel.
 MIN_WEIGHT, MAX_WEIGHT = 0.001, 100_000.0
-# The webhook's bounds for a status code; a larger one would not fit the database.
-StateCode = Annotated[int, Field(ge=0, lt=10**9)]
+# Status codes are below this, in webhooks and from the API alike; a larger one would
+# not fit the database.
+STATE_CODE_LIMIT = 10**9
+StateCode = Annotated[int, Field(ge=0, lt=STATE_CODE_LIMIT)]
 
 
 def plausible(moment: datetime) -> bool:

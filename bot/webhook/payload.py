@@ -9,11 +9,12 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from bot.barcodes import normalize
-from bot.starex.models import plausible
+from bot.starex.models import STATE_CODE_LIMIT, plausible
 
 MAX_BODY = 64 * 1024
 MAX_CLOCK_SKEW = timedelta(days=1)
-_DIGITS = re.compile(r"0*([0-9]{1,9})")  # ASCII only: \d would take "١٢"
+# Leading zeros, then below STATE_CODE_LIMIT. ASCII only: \d would take "١٢".
+_DIGITS = re.compile(r"0*([0-9]{1,9})")
 
 
 class BadPayload(ValueError):
@@ -55,7 +56,7 @@ def _barcode(value: object) -> str:
 def _state(value: object) -> int:
     # bool is an int in Python; JSON true is not a status code.
     if isinstance(value, int) and not isinstance(value, bool):
-        if 0 <= value < 10**9:
+        if 0 <= value < STATE_CODE_LIMIT:
             return value
         raise BadPayload("state is out of range")
     if isinstance(value, str) and (digits := _DIGITS.fullmatch(value)):

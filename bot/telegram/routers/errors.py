@@ -57,7 +57,7 @@ async def _deactivate(
     log.info("chat %s unreachable (%s): marked inactive", chat_id, reason)
     try:
         async with session_factory() as session, session.begin():
-            await repo.deactivate_user(session, chat_id)
+            await repo.give_up_on_chat(session, chat_id, reason)
     except SQLAlchemyError as exc:  # the next notification finds out again
         log.warning("chat %s not marked inactive: %s", chat_id, type(exc).__name__)
 
