@@ -360,6 +360,14 @@ async def test_each_starex_failure_is_a_friendly_sentence_and_a_logged_status(
     # A typo'd barcode is the person's, not Starex failing: INFO; the rest WARNING or more.
     assert max(r.levelno for r in caplog.records if r.name.startswith("bot")) == level
     assert "Traceback" not in caplog.text
+    errors = [
+        sample.value
+        for metric in app.metrics.registry.collect()
+        if metric.name == "starex_api_errors"
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["endpoint"] == "trace"
+    ]
+    assert sum(errors) >= 2  # both look-ups counted in /metrics
 
 
 @pytest.fixture

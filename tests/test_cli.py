@@ -399,10 +399,10 @@ class BotProcess:
                 time.sleep(0.1)
         raise AssertionError(f"/healthz not 200 within {START} s:\n{self.output}")
 
-    def terminate(self) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took to exit)."""
+    def terminate(self, signum: int = signal.SIGTERM) -> tuple[int, float]:
+        """SIGTERM (or `signum`); (exit code, seconds it took to exit)."""
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         code = self.wait(15)
         return code, time.monotonic() - started
 
@@ -582,11 +582,12 @@ def test_defaults_dotenv_and_missing_webhook_secret(runs: dict[str, Any]) -> Non
         assert {"alembic_version", "events", "states"} <= tables(bot.cwd / "data" / "bot.db")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as web:
             assert web.post("/starex/webhook", json=EVENT).status_code == 200
-        code, took = bot.terminate()
+        code, took = bot.terminate(signal.SIGINT)  # Ctrl-C stops it as SIGTERM does
     finally:
         bot.kill()
     assert code == 0, bot.output
     assert took < 10
+    assert "shutting down" in bot.stderr  # in order, not cut short
     warnings = [line for line in bot.stderr.splitlines() if " WARNING " in line]
     assert any("STAREX_WEBHOOK_SECRET" in line for line in warnings), bot.stderr
     assert_clean(bot.output)

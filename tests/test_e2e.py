@@ -61,6 +61,14 @@ async def test_subscribe_then_webhook_notifies_once_in_each_language(
         assert len(tg.sent_messages(20)) == 2
         assert len(tg.sent_messages(30)) == 1
 
+        # What /metrics promises (SPEC.md), counted from what just happened.
+        metrics = (await web.get("/metrics")).text
+        assert 'starex_webhooks_received_total{outcome="stored"} 1.0' in metrics
+        assert 'starex_webhooks_received_total{outcome="duplicate"} 1.0' in metrics
+        assert "notifications_sent_total 2.0" in metrics
+        assert "notifications_pending 0.0" in metrics
+        assert 'starex_api_request_seconds_count{endpoint="trace"} 2.0' in metrics
+
 
 async def test_telegram_webhook_mode_checks_the_secret_token(
     tmp_path, fakes: tuple[FakeTelegram, FakeStarex]

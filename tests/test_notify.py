@@ -274,11 +274,15 @@ async def test_blocked_and_missing_chats_are_deactivated_and_left_alone(env: Env
     env.tg.chat_not_found(B)
     await add_event(env, 1, T)
     await add_event(env, 5, T + HOUR)
-    notifier = env.notifier()
+    metrics = Metrics()
+    notifier = env.notifier(metrics=metrics)
 
     assert await notifier.drain_once() == 2
     assert len(env.tg.sent_calls(C)) == 2
     assert not await is_active(env, A) and not await is_active(env, B)
+    sample = metrics.registry.get_sample_value
+    assert sample("notifications_sent_total") == 2
+    assert sample("notifications_failed_total", {"kind": "blocked"}) == 2
     assert await is_active(env, C)
     for chat in (A, B):
         assert len(attempts(env.tg, chat)) == 1
